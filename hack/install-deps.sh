@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Installs what the tests, the demo and the benchmarks need on a fresh Debian
+# bookworm machine, as root, idempotently:
+#   - etcd (Debian's etcd-server), iproute2, openssl, kubectl check
+#   - kube-apiserver 1.20.2 built from Debian's source package, cached outside
+#     the checkout under $CLUSTER_RELAY_CACHE (default /var/cache/cluster-relay)
+#   - benchmark peers (socat, haproxy, nginx-light, iperf3, wrk) with --bench
+#   - the Helm SDK for Python with --helm
+# Prints the path of the cached kube-apiserver on its last line.
+set -euo pipefail
+
+CACHE=${CLUSTER_RELAY_CACHE:-/var/cache/cluster-relay}
+K8S_VERSION=1.20.2
+APISERVER="$CACHE/kube-apiserver-$K8S_VERSION"
+want_bench=0
+want_helm=0
+for a in "$@"; do
+  case "$a" in
+    --bench) want_bench=1 ;;
+    --helm) want_helm=1 ;;
+    *) echo "install-deps: unknown argument $a" >&2; exit 2 ;;
+  esac
+done
+
+log() { printf 'install-deps: %s\n' "$*" >&2; }
+
+apt_updated=0
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ $apt_updated -eq 0 ]; then
+    log "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    apt_updated=1
+  fi
+  log "apt-get install ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+apt_install etcd-server iproute2 openssl procps curl ca-certificates
+# Debian starts etcd as a service on install; the tests run their own.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
+  systemctl stop etcd || true
+  systemctl disable etcd >/dev/null 2>&1 || true
+fi
+
+if ! command -v kubectl >/dev/null 2>&1; then
+  log "kubectl is not on PATH; it ships with the machine image (cloud SDK)"
+  exit 1
+fi
+
+if [ "$want_bench" = 1 ]; then
+  apt_install socat haproxy nginx-light iperf3 wrk
+  # The packages enable system services; the benchmarks start their own.
+  for svc in haproxy nginx iperf3; do
+    if command -v systemctl >/dev/null 2>&1; then
+      systemctl stop "$svc" >/dev/null 2>&1 || true
+      systemctl disable "$svc" >/dev/null 2>&1 || true
+    fi
+  done
+fi
+
+if [ "$want_helm" = 1 ]; then
+  python3 -c 'import helm_python_sdk' 2>/dev/null || {
+    log "pip install helm-python-sdk"
+    pip install -q helm-python-sdk
+  }
+fi
+
+if [ ! -x "$APISERVER" ]; then
+  log "building kube-apiserver $K8S_VERSION from Debian's source package (a few minutes, once)"
+  src_list=/etc/apt/sources.list.d/cluster-relay-src.sources
+  if [ ! -f "$src_list" ]; then
+    cat >"$src_list" <<SRC
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: bookworm
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    apt_updated=0
+  fi
+  if [ $apt_updated -eq 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    apt_updated=1
+  fi
+  apt_install golang-go rsync dpkg-dev
+  build="$CACHE/build"
+  mkdir -p "$build"
+  (
+    cd "$build"
+    # Debian names it kubernetes_1.20.5+really1.20.2.orig.tar.gz; it unpacks
+    # to kubernetes-1.20.2/.
+    ls kubernetes_*.orig.tar.gz >/dev/null 2>&1 || apt-get source --download-only kubernetes >/dev/null 2>&1
+    [ -d "kubernetes-$K8S_VERSION" ] || tar xzf kubernetes_*.orig.tar.gz
+    cd "kubernetes-$K8S_VERSION"
+    make WHAT=cmd/kube-apiserver KUBE_BUILD_PLATFORMS=linux/amd64 >"$build/make.log" 2>&1 || {
+      tail -30 "$build/make.log" >&2
+      exit 1
+    }
+    install -m 0755 _output/bin/kube-apiserver "$APISERVER.tmp"
+    mv "$APISERVER.tmp" "$APISERVER"
+  )
+  rm -rf "$build"
+fi
+echo "$APISERVER"

@@ -1,0 +1,23 @@
+//! cluster-relay: one `agent` binary whose subcommands let a hosting
+//! Kubernetes cluster do the relay work for a managed cluster (hosted mode).
+//!
+//! Module map:
+//! - [`cli`]: the `Command` enum, one variant per subcommand, and dispatch.
+//! - [`telemetry`]: `--log-level` / `--log-format` and the tracing setup.
+//! - [`admin`]: the `/metrics`, `/healthz`, `/readyz` server and readiness checks.
+//! - [`shutdown`]: first signal drains, second signal (or the grace deadline) aborts.
+//! - [`kube_client`]: `--kubeconfig` / `--context` for the hosting cluster.
+//! - [`net`]: listeners and the open-file limit.
+//! - [`managed_kubeconfig`]: follows the managed cluster's kubeconfig, held in a
+//!   file or a Secret, and publishes its current state to the components.
+//! - [`apiserver_relay`]: `agent apiserver-relay`, raw TCP to the managed
+//!   kube-apiserver.
+
+pub mod admin;
+pub mod apiserver_relay;
+pub mod cli;
+pub mod kube_client;
+pub mod managed_kubeconfig;
+pub mod net;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,55 @@
+//! The `agent` binary: parse the command line, set up logging and the runtime,
+//! hand over to the library, and turn the outcome into an exit code.
+
+use std::process::ExitCode;
+
+use clap::{Parser as _, error::ErrorKind};
+use cluster_relay::cli::Cli;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => {
+            // --help and --version.
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(err) if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = err.print();
+            return ExitCode::from(2);
+        }
+        Err(err) => {
+            // One line naming the problem, like every other start-up error;
+            // clap's own text adds usage and a hint on further lines.
+            let text = err.render().to_string();
+            let first = text.lines().next().unwrap_or_default();
+            eprintln!(
+                "agent: {} (see --help)",
+                first.trim_start_matches("error: ")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(err) = cluster_relay::telemetry::init(&cli.log) {
+        eprintln!("agent: {err}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("agent: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cluster_relay::cli::run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line naming the problem; the chain of causes joined by ": ".
+            eprintln!("agent: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
