@@ -54,7 +54,8 @@ step "Starting: agent apiserver-relay --managed-kubeconfig-secret c1/external-ma
   --log-format json 2>"$WORK/relay.log" &
 RELAY_PID=$!
 relay_addr() { sed -n 's/.*"listener":"'"$1"'","addr":"\([^"]*\)".*/\1/p' "$WORK/relay.log" | head -n1; }
-wait_for 30 "the relay to listen" test -n "$(relay_addr relay)"
+relay_listening() { [ -n "$(relay_addr relay)" ] || { kill -0 "$RELAY_PID" || { cat "$WORK/relay.log" >&2; exit 1; }; false; }; }
+wait_for 30 "the relay to listen" relay_listening
 RELAY=$(relay_addr relay)
 ADMIN=$(relay_addr admin)
 wait_for 30 "the relay to be ready" curl -sf "http://$ADMIN/readyz"

@@ -1,0 +1,32 @@
+//! Support for the integration tests (each test file does `mod support;`):
+//! real control planes (etcd + kube-apiserver 1.20.2, see
+//! /work/shared/SUBSTRATE.md and `hack/controlplane.sh`), "pods" that a real
+//! apiserver proxies to (`hack/netns-pod.sh`), and bounded waits.
+//!
+//! - [`ControlPlane`] / [`shared`]: `controlplane.rs`
+//! - [`NetnsPod`]: `netns_pod.rs`, its Kubernetes objects in `pod_objects.rs`,
+//!   the pod-to-host relay in `forward.rs`
+//! - [`wait_until`] and friends: `wait.rs`
+//! - [`agent`]: the `agent` binary run as a process
+//! - child processes, network namespaces and the per-run directory, cleaned
+//!   up however the test binary ends: `procs.rs`
+//!
+//! Run these tests with `cargo test`, not nextest: a test binary shares its
+//! control planes between its tests, within one process. They need root
+//! (network namespaces) and the tools `hack/install-deps.sh` installs.
+
+// Each test binary uses a different subset of this module.
+#![allow(dead_code, unused_imports)]
+
+pub mod agent;
+mod controlplane;
+mod forward;
+mod netns_pod;
+mod pod_objects;
+mod procs;
+mod wait;
+
+pub use controlplane::{ControlPlane, shared};
+pub use netns_pod::NetnsPod;
+pub use procs::{repo_path, run_dir};
+pub use wait::{wait_for, wait_for_sync, wait_until, wait_until_sync};
