@@ -18,7 +18,7 @@
 # shellcheck disable=SC2153
 set -euo pipefail
 
-KUBE_APISERVER=${KUBE_APISERVER:-/var/cache/cluster-relay/kube-apiserver-1.20.2}
+KUBE_APISERVER=${KUBE_APISERVER:-/var/cache/cluster-relay/kube-apiserver-1.20.2-r1}
 # Marks a directory as made by `prepare`, so `down` never removes anything else.
 MARKER=.cluster-relay-controlplane
 SA_ISSUER=https://kubernetes.default.svc

@@ -11,7 +11,8 @@ set -euo pipefail
 
 CACHE=${CLUSTER_RELAY_CACHE:-/var/cache/cluster-relay}
 K8S_VERSION=1.20.2
-APISERVER="$CACHE/kube-apiserver-$K8S_VERSION"
+# -r1: built with reflect2 1.0.2 (see below); bump when the build changes.
+APISERVER="$CACHE/kube-apiserver-$K8S_VERSION-r1"
 want_bench=0
 want_helm=0
 for a in "$@"; do
@@ -87,7 +88,7 @@ SRC
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     apt_updated=1
   fi
-  apt_install golang-go rsync dpkg-dev
+  apt_install golang-go rsync dpkg-dev golang-github-modern-go-reflect2-dev
   build="$CACHE/build"
   mkdir -p "$build"
   (
@@ -97,6 +98,14 @@ SRC
     ls kubernetes_*.orig.tar.gz >/dev/null 2>&1 || apt-get source --download-only kubernetes >/dev/null 2>&1
     [ -d "kubernetes-$K8S_VERSION" ] || tar xzf kubernetes_*.orig.tar.gz
     cd "kubernetes-$K8S_VERSION"
+    # The vendored reflect2 1.0.1 links reflect.mapiterinit with its pre-Go
+    # 1.18 signature; built with Debian's Go 1.19 the apiserver then crashes
+    # (SIGSEGV in json-iterator) when it encodes maps, e.g. on creating a
+    # custom resource. reflect2 1.0.2 fixed that; Debian ships its source.
+    reflect2=/usr/share/gocode/src/github.com/modern-go/reflect2
+    rm -f vendor/github.com/modern-go/reflect2/*.go
+    cp "$reflect2"/*.go vendor/github.com/modern-go/reflect2/
+    rm -f vendor/github.com/modern-go/reflect2/*_test.go
     make WHAT=cmd/kube-apiserver KUBE_BUILD_PLATFORMS=linux/amd64 >"$build/make.log" 2>&1 || {
       tail -30 "$build/make.log" >&2
       exit 1
