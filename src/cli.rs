@@ -4,7 +4,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::{apiserver_relay, shutdown::Shutdown, telemetry::LogArgs};
+use crate::{apiserver_relay, provisioner, shutdown::Shutdown, telemetry::LogArgs};
 
 /// Relays for hosted-mode Kubernetes add-ons: the hosting cluster does the
 /// relay work for a managed cluster that runs no agent of its own.
@@ -21,6 +21,8 @@ pub struct Cli {
 }
 
 /// The subcommands.
+// Parsed once per process: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Raw TCP relay to the managed kube-apiserver.
@@ -32,6 +34,20 @@ pub enum Command {
     /// established ones are left alone. Connections beyond
     /// --max-connections are closed at once and counted as rejected.
     ApiserverRelay(apiserver_relay::Args),
+
+    /// Keep a short-lived managed kubeconfig Secret from a given admin one.
+    ///
+    /// Reads the given kubeconfig of the managed cluster from a Secret on the
+    /// hosting cluster (--source-secret, watched through the API, never
+    /// mounted), ensures a ServiceAccount and the RBAC the relays need on the
+    /// managed cluster, and writes a kubeconfig for it with a token from the
+    /// TokenRequest API to --target-secret. The token is replaced
+    /// --refresh-before its expiry, when the source changes and when the
+    /// target is missing, edited or rejected; a new token is verified against
+    /// the managed apiserver before it is written. On failure the last good
+    /// Secret stays, and the failure shows in metrics, logs, /readyz and the
+    /// hub condition, retried with backoff. --cleanup removes it all.
+    ProvisionKubeconfig(provisioner::Args),
 }
 
 /// Runs a subcommand until it finishes or a shutdown signal ends it.
@@ -40,6 +56,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::ApiserverRelay(args) => {
             let shutdown = Shutdown::on_signals(args.shutdown.grace_period)?;
             apiserver_relay::run(args, shutdown).await
+        }
+        Command::ProvisionKubeconfig(args) => {
+            let shutdown = Shutdown::on_signals(args.shutdown.grace_period)?;
+            provisioner::run(args, shutdown).await
         }
     }
 }

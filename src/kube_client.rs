@@ -41,6 +41,8 @@ pub enum KubeClientError {
     Infer(#[source] kube::config::InferConfigError),
     #[error("cannot build a Kubernetes client: {0}")]
     Client(#[source] kube::Error),
+    #[error("unusable kubeconfig: {0}")]
+    Kubeconfig(#[source] kube::config::KubeconfigError),
 }
 
 impl KubeArgs {
@@ -78,4 +80,24 @@ impl KubeArgs {
         };
         kube::Client::try_from(config).map_err(KubeClientError::Client)
     }
+}
+
+/// A client from a kubeconfig value, with every connect, read and write
+/// bounded by `timeout`. Files it refers to are read now.
+pub async fn client_from_kubeconfig(
+    kubeconfig: Kubeconfig,
+    context: Option<String>,
+    timeout: std::time::Duration,
+) -> Result<kube::Client, KubeClientError> {
+    let options = KubeConfigOptions {
+        context,
+        ..Default::default()
+    };
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+        .await
+        .map_err(KubeClientError::Kubeconfig)?;
+    config.connect_timeout = Some(timeout);
+    config.read_timeout = Some(timeout);
+    config.write_timeout = Some(timeout);
+    kube::Client::try_from(config).map_err(KubeClientError::Client)
 }

@@ -7,17 +7,24 @@
 //! - [`admin`]: the `/metrics`, `/healthz`, `/readyz` server and readiness checks.
 //! - [`shutdown`]: first signal drains, second signal (or the grace deadline) aborts.
 //! - [`kube_client`]: `--kubeconfig` / `--context` for the hosting cluster.
+//! - [`leader`]: Lease-based leader election among replicas of a writer.
 //! - [`net`]: listeners and the open-file limit.
+//! - [`secret_watch`]: follows one named Secret through the API.
 //! - [`managed_kubeconfig`]: follows the managed cluster's kubeconfig, held in a
 //!   file or a Secret, and publishes its current state to the components.
 //! - [`apiserver_relay`]: `agent apiserver-relay`, raw TCP to the managed
 //!   kube-apiserver.
+//! - [`provisioner`]: `agent provision-kubeconfig`, short-lived managed
+//!   kubeconfigs from a given admin kubeconfig.
 
 pub mod admin;
 pub mod apiserver_relay;
 pub mod cli;
 pub mod kube_client;
+pub mod leader;
 pub mod managed_kubeconfig;
 pub mod net;
+pub mod provisioner;
+pub mod secret_watch;
 pub mod shutdown;
 pub mod telemetry;

@@ -8,18 +8,18 @@
 use std::{fmt, path::PathBuf, sync::Arc, time::Duration};
 
 use clap::Args;
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
-use kube::{
-    Api,
-    config::Kubeconfig,
-    runtime::{WatchStreamExt, watcher},
-};
+use kube::config::Kubeconfig;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use crate::admin::{ReadinessCheck, register};
+use secrecy::SecretString;
+
+use crate::{
+    admin::{ReadinessCheck, register},
+    kube_client::{KubeClientError, client_from_kubeconfig},
+    secret_watch::{SecretRef, SecretState, parse_secret_ref, watch_secret},
+};
 
 /// Where the managed kubeconfig comes from.
 #[derive(Debug, Clone, Args)]
@@ -62,33 +62,6 @@ pub struct ManagedKubeconfigArgs {
         value_parser = humantime::parse_duration
     )]
     pub managed_kubeconfig_poll_interval: Duration,
-}
-
-/// A Secret's namespace and name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretRef {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl fmt::Display for SecretRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
-fn parse_secret_ref(value: &str) -> Result<SecretRef, String> {
-    match value.split_once('/') {
-        Some((namespace, name))
-            if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
-        {
-            Ok(SecretRef {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-            })
-        }
-        _ => Err(format!("expected NAMESPACE/NAME, got {value:?}")),
-    }
 }
 
 /// The source, validated: exactly one of file and Secret.
@@ -148,6 +121,32 @@ pub struct ManagedKubeconfig {
     pub endpoint: Endpoint,
     /// SHA-256 of the source bytes, hex.
     pub hash: String,
+}
+
+impl ManagedKubeconfig {
+    /// The bearer token of the context's user, if it has an inline one.
+    pub fn bearer_token(&self) -> Option<SecretString> {
+        let user = self
+            .kubeconfig
+            .contexts
+            .iter()
+            .find(|c| c.name == self.context)
+            .and_then(|c| c.context.as_ref())
+            .and_then(|c| c.user.clone())?;
+        self.kubeconfig
+            .auth_infos
+            .iter()
+            .find(|u| u.name == user)
+            .and_then(|u| u.auth_info.as_ref())
+            .and_then(|a| a.token.clone())
+    }
+
+    /// A client for the managed cluster as this kubeconfig describes it.
+    /// Build one per use (or per change of [`Current`]) so that a rotated
+    /// token is picked up.
+    pub async fn client(&self, timeout: Duration) -> Result<kube::Client, KubeClientError> {
+        client_from_kubeconfig(self.kubeconfig.clone(), Some(self.context.clone()), timeout).await
+    }
 }
 
 /// Why a kubeconfig cannot be used. Never includes the kubeconfig's content.
@@ -400,33 +399,26 @@ async fn follow_secret(
     key: String,
     mut publisher: Publisher,
 ) {
-    let api: Api<Secret> = Api::namespaced(client, &secret.namespace);
-    let config = watcher::Config::default().fields(&format!("metadata.name={}", secret.name));
-    let mut events = watcher(api, config).default_backoff().boxed();
-    let mut seen_in_listing = false;
-    while let Some(event) = events.next().await {
+    let mut watched = watch_secret(client, secret.clone());
+    while watched.changed().await.is_ok() {
         if publisher.tx.is_closed() {
             return;
         }
-        match event {
-            Ok(watcher::Event::Init) => seen_in_listing = false,
-            Ok(watcher::Event::InitApply(obj)) | Ok(watcher::Event::Apply(obj)) => {
-                seen_in_listing = true;
-                match obj.data.as_ref().and_then(|data| data.get(&key)) {
-                    Some(bytes) => publisher.offer(&bytes.0),
-                    None => publisher.unavailable(format!("Secret {secret} has no key {key:?}")),
-                }
+        let now = watched.borrow_and_update().clone();
+        if let Some(bytes) = now.key(&key) {
+            publisher.offer(bytes);
+            continue;
+        }
+        match (&now.state, &now.error) {
+            (SecretState::Pending, Some(err)) => {
+                publisher.unavailable(format!("watching Secret {secret}: {err}"))
             }
-            Ok(watcher::Event::InitDone) => {
-                if !seen_in_listing {
-                    publisher.unavailable(format!("Secret {secret} not found"));
-                }
+            (SecretState::Pending, None) => {}
+            (SecretState::Missing, _) => {
+                publisher.unavailable(format!("Secret {secret} not found"))
             }
-            Ok(watcher::Event::Delete(_)) => {
-                publisher.unavailable(format!("Secret {secret} was deleted"))
-            }
-            Err(err) => {
-                publisher.unavailable(format!("watching Secret {secret}: {err}"));
+            (SecretState::Present(_), _) => {
+                publisher.unavailable(format!("Secret {secret} has no key {key:?}"))
             }
         }
     }
@@ -486,19 +478,5 @@ users:
         let broken = "users:\n- name: u\n  user: {token: secret-token-value\n";
         let err = parse(broken.as_bytes(), None).unwrap_err().to_string();
         assert!(!err.contains("secret-token-value"), "{err}");
-    }
-
-    #[test]
-    fn secret_refs_need_namespace_and_name() {
-        assert_eq!(
-            parse_secret_ref("ns/name"),
-            Ok(SecretRef {
-                namespace: "ns".into(),
-                name: "name".into()
-            })
-        );
-        assert!(parse_secret_ref("name").is_err());
-        assert!(parse_secret_ref("/name").is_err());
-        assert!(parse_secret_ref("a/b/c").is_err());
     }
 }

@@ -1,0 +1,378 @@
+//! Side-by-side benchmark of `agent apiserver-relay` against direct loopback,
+//! haproxy and socat, all on this machine in one run:
+//!
+//! 1. bulk throughput, one iperf3 stream each way ([`throughput`]);
+//! 2. connect + first-byte latency ([`latency`]);
+//! 3. resident memory holding ~10,000 idle connections ([`idle`]);
+//!
+//! then a summary against the team's targets. It prints figures and asserts
+//! none: performance is judged by reading them next to the peers'.
+//!
+//! `cargo bench --bench apiserver_relay` passes `--bench` and gets the full
+//! run (about two and a half minutes). Without it, as `cargo test
+//! --all-targets` runs every target, it makes a short smoke run of the same
+//! steps so the suite keeps the bench working without spending minutes.
+//!
+//! Section names after `--` run only those sections, e.g.
+//! `cargo bench --bench apiserver_relay -- latency idle`.
+//!
+//! `APISERVER_RELAY_BENCH_CPUS=split` pins the iperf3 client and server to
+//! CPU 0 and the proxy to CPU 1; by default the scheduler places everything
+//! on the two cores, as it would in production.
+
+// A bench root resolves `mod` paths beside itself, like a main.rs; the
+// parts live in benches/apiserver_relay/.
+#[path = "apiserver_relay/idle.rs"]
+mod idle;
+#[path = "apiserver_relay/latency.rs"]
+mod latency;
+#[path = "apiserver_relay/peers.rs"]
+mod peers;
+#[path = "apiserver_relay/procs.rs"]
+mod procs;
+#[path = "apiserver_relay/report.rs"]
+mod report;
+#[path = "apiserver_relay/throughput.rs"]
+mod throughput;
+
+use std::{
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::bail;
+
+use crate::{peers::Tools, report::Table};
+
+/// The sections, in the order they run; naming some runs only those.
+const SECTIONS: [&str; 3] = ["throughput", "latency", "idle"];
+const CPUS_VAR: &str = "APISERVER_RELAY_BENCH_CPUS";
+
+/// Which CPUs the iperf3 ends and the proxies may run on.
+pub struct Cpus {
+    endpoints: Option<Vec<usize>>,
+    proxy: Option<Vec<usize>>,
+}
+
+impl Cpus {
+    fn from_env() -> anyhow::Result<Self> {
+        match std::env::var(CPUS_VAR).as_deref() {
+            Err(_) | Ok("" | "shared") => Ok(Self {
+                endpoints: None,
+                proxy: None,
+            }),
+            Ok("split") if procs::cpus() >= 2 => Ok(Self {
+                endpoints: Some(vec![0]),
+                proxy: Some(vec![1]),
+            }),
+            Ok(other) => {
+                bail!("{CPUS_VAR}={other:?}: expected `shared` or `split` (needs two CPUs)")
+            }
+        }
+    }
+
+    pub fn endpoints(&self) -> Option<&[usize]> {
+        self.endpoints.as_deref()
+    }
+
+    pub fn proxy(&self) -> Option<&[usize]> {
+        self.proxy.as_deref()
+    }
+
+    fn describe(&self) -> &'static str {
+        match self.proxy {
+            None => "shared: no pinning, the scheduler places every process on any core",
+            Some(_) => {
+                "split: iperf3 client and server pinned to CPU 0, the proxies to CPU 1 \
+                 (so haproxy and the relay's runtime each start one thread)"
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(idle::HOLD_SERVER_ARG) {
+        return idle::hold_server_main();
+    }
+    let full = args.iter().any(|arg| arg == "--bench");
+    // Like libtest's filters (`cargo bench --bench apiserver_relay --
+    // latency`): a section runs if its name contains one of them, and
+    // filters that match nothing run nothing, so `cargo test -- foo` passes.
+    let only: Vec<String> = args
+        .into_iter()
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
+    match run(full, &only) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("apiserver_relay bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(full: bool, only: &[String]) -> anyhow::Result<()> {
+    let started = Instant::now();
+    procs::handle_interrupts();
+    let fd_limit = procs::raise_nofile()?;
+    let cpus = Cpus::from_env()?;
+    let tools = Tools::find();
+    sweep_dead_runs();
+    // Dropped last of the locals, after every process writing into it.
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
+        .tempdir()?;
+    let (throughput_params, latency_params, idle_params) = if full {
+        (
+            throughput::Params {
+                seconds: 5,
+                rounds: 3,
+                reverse: true,
+            },
+            latency::Params {
+                connections: 2000,
+                budget: Duration::from_secs(30),
+            },
+            idle::Params { target: 10_000 },
+        )
+    } else {
+        (
+            throughput::Params {
+                seconds: 1,
+                rounds: 1,
+                reverse: false,
+            },
+            latency::Params {
+                connections: 50,
+                budget: Duration::from_secs(5),
+            },
+            idle::Params { target: 200 },
+        )
+    };
+
+    println!(
+        "# agent apiserver-relay vs direct loopback, haproxy and socat ({})",
+        if full {
+            "full run"
+        } else {
+            "smoke run: pass --bench for real figures"
+        }
+    );
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!(
+        "  {} cores, Linux {}, open-file limit {fd_limit} (hard); agent: {}",
+        procs::cpus(),
+        kernel.trim(),
+        env!("CARGO_BIN_EXE_agent"),
+    );
+    println!("  CPU placement ({CPUS_VAR}): {}", cpus.describe());
+    for line in tools.describe() {
+        println!("  {line}");
+    }
+    let mut failed = Vec::new();
+
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|f| name.contains(f.as_str()));
+    if !SECTIONS.iter().any(|name| wanted(name)) {
+        println!("  no section matches {only:?}; the sections are {SECTIONS:?}");
+        return Ok(());
+    }
+
+    let throughput = if wanted("throughput") {
+        report::heading(&format!(
+            "1. bulk throughput: iperf3, one stream, {} s per run, {} round(s) round-robin, median",
+            throughput_params.seconds, throughput_params.rounds
+        ));
+        section(
+            &mut failed,
+            "throughput",
+            throughput::run(dir.path(), &tools, &throughput_params, &cpus),
+        )
+        .flatten()
+    } else {
+        None
+    };
+    procs::check_interrupted()?;
+    let latency = if wanted("latency") {
+        report::heading(&format!(
+            "2. connect + first byte: {} sequential connections per config, blocks of 100 round-robin",
+            latency_params.connections
+        ));
+        section(
+            &mut failed,
+            "latency",
+            latency::run(dir.path(), &tools, &latency_params, &cpus),
+        )
+    } else {
+        None
+    };
+    procs::check_interrupted()?;
+    let idle = if wanted("idle") {
+        report::heading(&format!(
+            "3. idle connections: VmRSS holding up to {} idle relayed connections",
+            report::count(idle_params.target)
+        ));
+        section(
+            &mut failed,
+            "idle",
+            idle::run(dir.path(), &tools, &idle_params, &cpus, fd_limit),
+        )
+    } else {
+        None
+    };
+
+    summary(throughput.as_deref(), latency.as_deref(), idle.as_ref());
+    println!();
+    println!("total bench time {:.0} s", started.elapsed().as_secs_f64());
+    if !failed.is_empty() {
+        bail!("section(s) failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Temporary directories are named `<prefix><pid>-<random>`.
+const DIR_PREFIX: &str = "apiserver-relay-bench-";
+
+/// Removes the temporary directories of earlier runs that were killed
+/// before they could clean up (SIGKILL skips every guard; their children
+/// died with them through PR_SET_PDEATHSIG).
+fn sweep_dead_runs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(DIR_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .filter(|pid| pid.parse::<u32>().is_ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// A section's result, or `None` after printing why it failed: the other
+/// sections still run and the summary shows what was measured.
+fn section<T>(
+    failed: &mut Vec<&'static str>,
+    name: &'static str,
+    result: anyhow::Result<T>,
+) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(err) => {
+            println!("  ! {name} failed: {err:#}");
+            failed.push(name);
+            None
+        }
+    }
+}
+
+/// How a summary row shows one proxy's idle-memory figure.
+type ShowMeasured = fn(&idle::Measured) -> String;
+
+const CONFIGS: [&str; 4] = ["direct", "relay", "haproxy", "socat"];
+
+fn summary(
+    throughput: Option<&[throughput::Row]>,
+    latency: Option<&[latency::Row]>,
+    idle: Option<&idle::Outcome>,
+) {
+    report::heading("summary");
+    let mut header = vec!["measure"];
+    header.extend(CONFIGS);
+    let mut table = Table::new(&header);
+    let median = |name: &str, reverse: bool| {
+        throughput?
+            .iter()
+            .find(|row| row.name == name)
+            .and_then(|row| row.runs(reverse).median())
+    };
+    for (label, reverse) in [
+        ("throughput → (Gbit/s, x direct)", false),
+        ("throughput ← -R (Gbit/s, x direct)", true),
+    ] {
+        let direct = median("direct", reverse);
+        let mut cells = vec![label.to_owned()];
+        cells.extend(CONFIGS.map(|name| {
+            report::or_dash(median(name, reverse).map(|gbps| match direct {
+                Some(direct) => format!("{gbps:.2} ({:.2}x)", gbps / direct),
+                None => format!("{gbps:.2}"),
+            }))
+        }));
+        table.row(cells);
+    }
+    let latency_row = |name: &str| latency?.iter().find(|row| row.name == name);
+    for (label, pick) in [
+        (
+            "connect + first byte p50",
+            (|row: &latency::Row| row.p50) as fn(&latency::Row) -> _,
+        ),
+        ("connect + first byte p99", |row: &latency::Row| row.p99),
+    ] {
+        let mut cells = vec![label.to_owned()];
+        cells.extend(
+            CONFIGS
+                .map(|name| report::or_dash(latency_row(name).and_then(pick).map(report::micros))),
+        );
+        table.row(cells);
+    }
+    let measured = |name: &str| match (name, idle) {
+        ("relay", Some(outcome)) => Some(&outcome.relay),
+        ("haproxy", Some(outcome)) => outcome.haproxy.as_ref()?.as_ref().ok(),
+        _ => None,
+    };
+    let count = idle.map_or(0, |outcome| outcome.relay.count);
+    let rows: [(String, ShowMeasured); 3] = [
+        (format!("idle RSS holding {}", report::count(count)), |m| {
+            report::mib(m.holding_kib as f64)
+        }),
+        ("idle RSS per connection".to_owned(), |m| {
+            format!("{:.2} KiB", m.per_connection_kib())
+        }),
+        ("idle RSS 10,000 (projection)".to_owned(), |m| {
+            report::mib(m.projected_kib(10_000))
+        }),
+    ];
+    for (label, show) in rows {
+        let mut cells = vec![label];
+        cells.extend(CONFIGS.map(|name| report::or_dash(measured(name).map(show))));
+        table.row(cells);
+    }
+    table.print();
+
+    println!();
+    println!("  targets (printed, not asserted):");
+    let verdict = |met: bool| if met { "met" } else { "MISSED" };
+    match (median("relay", false), median("direct", false)) {
+        (Some(relay), Some(direct)) => println!(
+            "  - relay throughput ≥ 0.7x direct: {:.2}x → {}",
+            relay / direct,
+            verdict(relay / direct >= 0.7)
+        ),
+        _ => println!("  - relay throughput ≥ 0.7x direct: not measured"),
+    }
+    match (median("relay", false), median("haproxy", false)) {
+        (Some(relay), Some(haproxy)) => println!(
+            "  - relay throughput ahead of haproxy: {relay:.2} vs {haproxy:.2} Gbit/s → {}",
+            verdict(relay > haproxy)
+        ),
+        _ => println!("  - relay throughput ahead of haproxy: not measured"),
+    }
+    match idle {
+        Some(outcome) => {
+            let projected = outcome.relay.projected_kib(10_000);
+            println!(
+                "  - relay idle RSS for 10,000 connections ≤ 64 MiB: {} (linear projection from {} measured) → {}",
+                report::mib(projected),
+                report::count(outcome.relay.count),
+                verdict(projected <= 64.0 * 1024.0)
+            );
+        }
+        None => println!("  - relay idle RSS for 10,000 connections ≤ 64 MiB: not measured"),
+    }
+}

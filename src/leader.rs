@@ -1,0 +1,197 @@
+//! Lease-based leader election on the hosting cluster, so that of several
+//! replicas of a writer (`agent provision-kubeconfig --leader-elect`) exactly
+//! one writes at a time. kube-rs has none; this follows the semantics of
+//! client-go's `leaderelection` package (see `leader/elector.rs`).
+//!
+//! A caller gets a [`Leadership`] and reads `true`/`false` from its
+//! [`watch::Receiver`]; without `--leader-elect` the receiver is always
+//! `true`, so the caller's code is the same either way. On graceful shutdown
+//! the caller stops its own writes first and then calls
+//! [`Leadership::release`], which hands the lease over at once instead of
+//! letting it lapse.
+
+mod config;
+mod elector;
+mod record;
+
+use std::{
+    hash::{BuildHasher, Hasher},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use tokio::{sync::watch, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+pub use self::config::{LeaderArgs, LeaderConfig, LeaderConfigError, Timings};
+use crate::admin::register;
+
+/// Not cryptographic; only needs to differ between processes and calls.
+fn random_u64() -> u64 {
+    // RandomState is seeded from the OS per process; the time and pid keep
+    // successive calls apart.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|since| since.as_nanos())
+            .unwrap_or_default(),
+    );
+    hasher.finish()
+}
+
+/// The election's metrics.
+#[derive(Debug, Clone)]
+pub struct LeaderMetrics {
+    is_leader: IntGauge,
+    transitions: IntCounterVec,
+}
+
+impl LeaderMetrics {
+    /// Registers the metrics on `registry`; once per registry.
+    pub fn new(registry: &Registry) -> Self {
+        let metrics = Self {
+            is_leader: register(
+                registry,
+                IntGauge::new(
+                    "cluster_relay_leader_election_is_leader",
+                    "1 while this process holds the leader-election lease (or runs without --leader-elect), else 0.",
+                )
+                .expect("valid metric"),
+            ),
+            transitions: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "cluster_relay_leader_election_transitions_total",
+                        "Times this process became the leader (to=leader) or stopped being it (to=follower).",
+                    ),
+                    &["to"],
+                )
+                .expect("valid metric"),
+            ),
+        };
+        // Both series exist from the start, so a rate over them is defined.
+        for to in ["leader", "follower"] {
+            metrics.transitions.with_label_values(&[to]);
+        }
+        metrics
+    }
+}
+
+/// Whether this process may work: a running elector, or the constant answer
+/// for a single replica. Dropping it stops the elector at once without
+/// releasing the lease, as if the process had died; the lease then lapses.
+#[derive(Debug)]
+pub struct Leadership {
+    leading: watch::Receiver<bool>,
+    mode: Mode,
+}
+
+#[derive(Debug)]
+enum Mode {
+    Always(watch::Sender<bool>),
+    Elected {
+        stop: CancellationToken,
+        task: JoinHandle<()>,
+    },
+}
+
+impl Leadership {
+    /// Always the leader, for a process run without `--leader-elect`.
+    pub fn always() -> Self {
+        let (tx, leading) = watch::channel(true);
+        Self {
+            leading,
+            mode: Mode::Always(tx),
+        }
+    }
+
+    /// Starts an elector task for `config`; not the leader until it has
+    /// acquired the lease. Must be called inside a Tokio runtime.
+    pub fn elect(client: kube::Client, config: LeaderConfig, metrics: LeaderMetrics) -> Self {
+        let (tx, leading) = watch::channel(false);
+        metrics.is_leader.set(0);
+        let stop = CancellationToken::new();
+        let task =
+            tokio::spawn(elector::Elector::new(client, config, metrics, tx).run(stop.clone()));
+        Self {
+            leading,
+            mode: Mode::Elected { stop, task },
+        }
+    }
+
+    /// [`Leadership::elect`] with `--leader-elect`, else [`Leadership::always`];
+    /// metrics go on `registry` either way.
+    pub fn from_args(
+        args: &LeaderArgs,
+        default_namespace: &str,
+        client: kube::Client,
+        registry: &Registry,
+    ) -> Result<Self, LeaderConfigError> {
+        let config = args.config(default_namespace)?;
+        let metrics = LeaderMetrics::new(registry);
+        Ok(match config {
+            Some(config) => Self::elect(client, config, metrics),
+            None => {
+                metrics.is_leader.set(1);
+                Self::always()
+            }
+        })
+    }
+
+    /// A receiver of leadership: `true` while this process may work. It
+    /// turns `false` as soon as the lease is lost, before anyone else can
+    /// acquire it, so check it before each write.
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.leading.clone()
+    }
+
+    /// Whether this process is the leader now.
+    pub fn is_leader(&self) -> bool {
+        *self.leading.borrow()
+    }
+
+    /// Stops the election: receivers read `false`, and a leader then gives
+    /// the lease up so that another replica takes over at once. Call it
+    /// after the work guarded by leadership has stopped (e.g. once
+    /// `Shutdown::draining` has stopped the writer). Takes at most about the
+    /// renew deadline.
+    pub async fn release(mut self) {
+        match &mut self.mode {
+            Mode::Always(tx) => {
+                tx.send_replace(false);
+            }
+            Mode::Elected { stop, task } => {
+                stop.cancel();
+                if let Err(err) = task.await {
+                    tracing::warn!(error = %err, "leader election: the elector task failed");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        if let Mode::Elected { task, .. } = &self.mode {
+            task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn always_leads_until_released() {
+        let leadership = Leadership::always();
+        let mut leading = leadership.subscribe();
+        assert!(*leading.borrow_and_update());
+        leadership.release().await;
+        leading.changed().await.expect("release publishes");
+        assert!(!*leading.borrow());
+    }
+}
