@@ -4,7 +4,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::{apiserver_relay, provisioner, shutdown::Shutdown, telemetry::LogArgs};
+use crate::{apiserver_relay, provisioner, service_relay, shutdown::Shutdown, telemetry::LogArgs};
 
 /// Relays for hosted-mode Kubernetes add-ons: the hosting cluster does the
 /// relay work for a managed cluster that runs no agent of its own.
@@ -48,6 +48,20 @@ pub enum Command {
     /// Secret stays, and the failure shows in metrics, logs, /readyz and the
     /// hub condition, retried with backoff. --cleanup removes it all.
     ProvisionKubeconfig(provisioner::Args),
+
+    /// HTTP relay to Services of the managed cluster.
+    ///
+    /// --role entry (hosting cluster) serves kube-style paths
+    /// /api/v1/namespaces/NS/services/[SCHEME:]NAME[:PORT]/proxy/PATH and sends
+    /// them through the managed apiserver's services/proxy to the exit relay,
+    /// authenticated with the provisioned token (followed live); the
+    /// caller's Authorization travels in Cluster-Proxy-Authorization.
+    /// --role exit (managed cluster) accepts only --allowed-caller identities
+    /// (TokenReview of Cluster-Proxy-Relay-Authorization; none configured
+    /// means nobody), removes every Cluster-Proxy-* header, restores the
+    /// caller's Authorization and forwards to the Service. Bodies stream both
+    /// ways; WebSocket and other upgrades pass through.
+    ServiceRelay(service_relay::Args),
 }
 
 /// Runs a subcommand until it finishes or a shutdown signal ends it.
@@ -56,6 +70,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::ApiserverRelay(args) => {
             let shutdown = Shutdown::on_signals(args.shutdown.grace_period)?;
             apiserver_relay::run(args, shutdown).await
+        }
+        Command::ServiceRelay(args) => {
+            let shutdown = Shutdown::on_signals(args.shutdown.grace_period)?;
+            service_relay::run(args, shutdown).await
         }
         Command::ProvisionKubeconfig(args) => {
             let shutdown = Shutdown::on_signals(args.shutdown.grace_period)?;

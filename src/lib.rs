@@ -14,17 +14,22 @@
 //!   file or a Secret, and publishes its current state to the components.
 //! - [`apiserver_relay`]: `agent apiserver-relay`, raw TCP to the managed
 //!   kube-apiserver.
+//! - [`http_server`]: the HTTP server loop shared by the HTTP components.
+//! - [`service_relay`]: `agent service-relay`, HTTP to managed Services through
+//!   the managed apiserver, with the caller's Authorization restored.
 //! - [`provisioner`]: `agent provision-kubeconfig`, short-lived managed
 //!   kubeconfigs from a given admin kubeconfig.
 
 pub mod admin;
 pub mod apiserver_relay;
 pub mod cli;
+pub mod http_server;
 pub mod kube_client;
 pub mod leader;
 pub mod managed_kubeconfig;
 pub mod net;
 pub mod provisioner;
 pub mod secret_watch;
+pub mod service_relay;
 pub mod shutdown;
 pub mod telemetry;

@@ -124,6 +124,22 @@ pub struct ManagedKubeconfig {
 }
 
 impl ManagedKubeconfig {
+    /// The cluster entry of the context in use.
+    pub fn cluster(&self) -> Option<&kube::config::Cluster> {
+        let name = self
+            .kubeconfig
+            .contexts
+            .iter()
+            .find(|c| c.name == self.context)
+            .and_then(|c| c.context.as_ref())
+            .map(|c| c.cluster.as_str())?;
+        self.kubeconfig
+            .clusters
+            .iter()
+            .find(|c| c.name == name)
+            .and_then(|c| c.cluster.as_ref())
+    }
+
     /// The bearer token of the context's user, if it has an inline one.
     pub fn bearer_token(&self) -> Option<SecretString> {
         let user = self

@@ -1,0 +1,336 @@
+//! `agent service-relay`: HTTP relay to Services of the managed cluster.
+//! `--role entry` (hosting cluster) takes kube-style service-proxy paths and
+//! sends them through the managed apiserver's `services/proxy` to the exit
+//! relay; `--role exit` (managed cluster) verifies the relay caller, restores
+//! the caller's `Authorization` and forwards to the Service. Header names
+//! match cluster-proxy's hosted-mode relay.
+
+mod caller;
+mod directory;
+mod entry;
+mod exit;
+mod forward;
+mod headers;
+mod metrics;
+mod target;
+
+use std::{collections::HashMap, net::SocketAddr, path::PathBuf, sync::Mutex, time::Duration};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use prometheus::Registry;
+use rustls::RootCertStore;
+
+pub use self::directory::Resolution;
+use self::{
+    caller::Callers,
+    directory::{Directory, parse_resolve},
+    entry::{Entry, ExitService, Mode},
+    exit::Exit,
+    forward::{Upstream, UpstreamConfig, roots_from_pem},
+    metrics::RelayMetrics,
+};
+use crate::{
+    admin::{AdminArgs, AdminState, Readiness},
+    http_server::{self, Body, Handler, ServerConfig},
+    kube_client::KubeArgs,
+    managed_kubeconfig::{self, FollowerMetrics, ManagedKubeconfigArgs, Source},
+    net,
+    shutdown::{Shutdown, ShutdownArgs},
+};
+
+/// Which side of the relay this process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// On the hosting cluster: clients come here.
+    Entry,
+    /// On the managed cluster: the apiserver's services/proxy comes here.
+    Exit,
+}
+
+/// Flags of `agent service-relay`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// entry (hosting cluster) or exit (managed cluster).
+    #[arg(long, env = "CLUSTER_RELAY_ROLE", value_enum)]
+    pub role: Role,
+
+    /// Address to serve HTTP on.
+    #[arg(
+        long,
+        env = "CLUSTER_RELAY_LISTEN_ADDR",
+        default_value = "0.0.0.0:7444"
+    )]
+    pub listen_addr: SocketAddr,
+
+    #[command(flatten)]
+    pub managed: ManagedKubeconfigArgs,
+
+    /// Entry: namespace of the exit relay's Service on the managed cluster.
+    #[arg(
+        long,
+        env = "CLUSTER_RELAY_EXIT_NAMESPACE",
+        default_value = "cluster-relay"
+    )]
+    pub exit_namespace: String,
+
+    /// Entry: name of the exit relay's Service.
+    #[arg(
+        long,
+        env = "CLUSTER_RELAY_EXIT_SERVICE",
+        default_value = "cluster-relay-service-relay"
+    )]
+    pub exit_service: String,
+
+    /// Entry: port (number or name) of the exit relay's Service.
+    #[arg(long, env = "CLUSTER_RELAY_EXIT_PORT", default_value = "7444")]
+    pub exit_port: String,
+
+    /// Entry: forward to the Services directly instead of through the
+    /// managed apiserver, for a hosting cluster that can reach them; the
+    /// client's Authorization is passed on as it is.
+    #[arg(long, env = "CLUSTER_RELAY_DIRECT")]
+    pub direct: bool,
+
+    /// Exit: a user allowed to call the exit relay, as the managed
+    /// apiserver's TokenReview names it (e.g.
+    /// system:serviceaccount:cluster-relay:cluster-relay). Repeat or separate
+    /// with commas. With none, every request is refused.
+    #[arg(
+        long = "allowed-caller",
+        env = "CLUSTER_RELAY_ALLOWED_CALLERS",
+        value_delimiter = ','
+    )]
+    pub allowed_callers: Vec<String>,
+
+    /// Exit: how long a caller's TokenReview verdict is reused.
+    #[arg(long, env = "CLUSTER_RELAY_TOKEN_REVIEW_CACHE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub token_review_cache_ttl: Duration,
+
+    /// How target Services are found: dns (`<name>.<ns>.svc`) or endpoints
+    /// (ready Endpoints addresses read through the API; exit role).
+    #[arg(long, env = "CLUSTER_RELAY_RESOLUTION", value_enum, default_value_t = Resolution::Dns)]
+    pub resolution: Resolution,
+
+    /// A fixed address for a Service host, as HOST=IP (e.g.
+    /// echo.default.svc=10.0.0.5). Repeat for several.
+    #[arg(long = "resolve", env = "CLUSTER_RELAY_RESOLVE", value_delimiter = ',', value_parser = parse_resolve)]
+    pub resolve: Vec<(String, std::net::IpAddr)>,
+
+    /// CA bundle (PEM) that https target Services are verified with.
+    /// Repeat for several files.
+    #[arg(
+        long = "upstream-ca-file",
+        env = "CLUSTER_RELAY_UPSTREAM_CA_FILES",
+        value_delimiter = ','
+    )]
+    pub upstream_ca_files: Vec<PathBuf>,
+
+    /// Give up connecting upstream after this long.
+    #[arg(long, env = "CLUSTER_RELAY_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Give up waiting for an upstream's response head after this long
+    /// (bodies may then stream for as long as they last).
+    #[arg(long, env = "CLUSTER_RELAY_RESPONSE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub response_timeout: Duration,
+
+    /// Largest request body relayed, in bytes; 0 for no limit. Bodies are
+    /// streamed either way, never held whole.
+    #[arg(
+        long,
+        env = "CLUSTER_RELAY_MAX_REQUEST_BODY_BYTES",
+        default_value_t = 0
+    )]
+    pub max_request_body_bytes: u64,
+
+    /// Most client connections served at once.
+    #[arg(long, env = "CLUSTER_RELAY_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Time a client has to send a request head.
+    #[arg(long, env = "CLUSTER_RELAY_HEADER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+
+    #[command(flatten)]
+    pub admin: AdminArgs,
+
+    #[command(flatten)]
+    pub kube: KubeArgs,
+
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
+}
+
+enum Relay {
+    Entry(Entry),
+    Exit(Exit),
+}
+
+struct Served {
+    relay: Relay,
+    metrics: RelayMetrics,
+}
+
+impl Handler for Served {
+    async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let started = std::time::Instant::now();
+        let (role, response) = match &self.relay {
+            Relay::Entry(entry) => ("entry", entry.handle(request, peer).await),
+            Relay::Exit(exit) => ("exit", exit.handle(request, peer).await),
+        };
+        self.metrics.answered(
+            role,
+            response.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+        response
+    }
+}
+
+fn upstream_roots(files: &[PathBuf]) -> anyhow::Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for file in files {
+        let pem = std::fs::read(file)
+            .map_err(|err| anyhow::anyhow!("--upstream-ca-file {}: {err}", file.display()))?;
+        let found = roots_from_pem(&pem, &file.display().to_string())
+            .map_err(|err| anyhow::anyhow!("--upstream-ca-file {err}"))?;
+        for anchor in found.roots {
+            roots.roots.push(anchor);
+        }
+    }
+    Ok(roots)
+}
+
+/// Runs the relay until shutdown.
+pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
+    if args.max_connections == 0 {
+        anyhow::bail!("--max-connections must be at least 1");
+    }
+    let roots = upstream_roots(&args.upstream_ca_files)?;
+    let statics: HashMap<_, _> = args.resolve.iter().cloned().collect();
+    let max_body_bytes = (args.max_request_body_bytes > 0).then_some(args.max_request_body_bytes);
+    let registry = Registry::new();
+    let readiness = Readiness::default();
+    let metrics = RelayMetrics::new(&registry);
+    let relay = match args.role {
+        Role::Entry if args.direct => {
+            if args.resolution == Resolution::Endpoints {
+                anyhow::bail!(
+                    "--direct resolves Services by DNS or --resolve; --resolution endpoints is for the exit role"
+                );
+            }
+            let directory = Directory::new(None, Resolution::Dns, statics, Duration::from_secs(5));
+            let upstream = Upstream::new(UpstreamConfig {
+                roots,
+                server_name: None,
+                resolver: directory.resolver(),
+                connect_timeout: args.connect_timeout,
+                response_timeout: args.response_timeout,
+                max_body_bytes,
+            })?;
+            readiness.check("relay").ready("direct mode");
+            Relay::Entry(Entry {
+                mode: Mode::Direct {
+                    directory,
+                    upstream,
+                },
+                metrics: metrics.clone(),
+                connect_timeout: args.connect_timeout,
+                response_timeout: args.response_timeout,
+                max_body_bytes,
+            })
+        }
+        Role::Entry => {
+            let source = args.managed.source().map_err(anyhow::Error::msg)?;
+            let client = match source {
+                Source::Secret { .. } => Some(args.kube.client().await?),
+                Source::File(_) => None,
+            };
+            let current = managed_kubeconfig::follow(
+                source,
+                args.managed.managed_context.clone(),
+                args.managed.managed_kubeconfig_poll_interval,
+                client,
+                readiness.check("managed-kubeconfig"),
+                FollowerMetrics::new(&registry),
+            )
+            .await?;
+            Relay::Entry(Entry {
+                mode: Mode::Relayed {
+                    current,
+                    exit: ExitService {
+                        namespace: args.exit_namespace.clone(),
+                        name: args.exit_service.clone(),
+                        port: args.exit_port.clone(),
+                        scheme: "http".into(),
+                    },
+                    upstream: Mutex::new(None),
+                },
+                metrics: metrics.clone(),
+                connect_timeout: args.connect_timeout,
+                response_timeout: args.response_timeout,
+                max_body_bytes,
+            })
+        }
+        Role::Exit => {
+            let client = args.kube.client().await?;
+            let callers = Callers::new(
+                client.clone(),
+                args.allowed_callers.clone(),
+                args.token_review_cache_ttl,
+                args.connect_timeout + args.response_timeout,
+            );
+            let check = readiness.check("allowed-callers");
+            if callers.any_allowed() {
+                check.ready(format!("{} allowed caller(s)", args.allowed_callers.len()));
+            } else {
+                tracing::warn!("no --allowed-caller configured: every request will be refused");
+                check.not_ready("no --allowed-caller configured: refusing every request");
+            }
+            let directory = Directory::new(
+                Some(client),
+                args.resolution,
+                statics,
+                Duration::from_secs(5),
+            );
+            let upstream = Upstream::new(UpstreamConfig {
+                roots,
+                server_name: None,
+                resolver: directory.resolver(),
+                connect_timeout: args.connect_timeout,
+                response_timeout: args.response_timeout,
+                max_body_bytes,
+            })?;
+            Relay::Exit(Exit {
+                callers,
+                directory,
+                upstream,
+                metrics: metrics.clone(),
+            })
+        }
+    };
+
+    let admin_listener = net::listen(args.admin.admin_addr, "--admin-addr", "admin")?;
+    let listener = net::listen(args.listen_addr, "--listen-addr", "relay")?;
+    let admin = tokio::spawn(crate::admin::serve(
+        admin_listener,
+        AdminState {
+            registry,
+            readiness,
+            shutdown: shutdown.clone(),
+        },
+    ));
+    http_server::serve(
+        listener,
+        std::sync::Arc::new(Served { relay, metrics }),
+        ServerConfig {
+            max_connections: args.max_connections,
+            header_timeout: args.header_timeout,
+        },
+        shutdown,
+    )
+    .await;
+    admin.abort();
+    Ok(())
+}

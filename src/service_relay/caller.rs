@@ -1,0 +1,98 @@
+//! The exit relay's check of its caller: the relay token in
+//! `Cluster-Proxy-Relay-Authorization` is reviewed by the managed cluster's
+//! apiserver (TokenReview) and its user must be one of `--allowed-caller`.
+//! With no allowed caller configured nobody is allowed (fail closed).
+//! Verdicts are cached briefly per token hash; the cache is bounded.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use kube::{Api, api::PostParams};
+use sha2::{Digest, Sha256};
+
+/// The outcome of checking a caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed(String),
+    /// Authenticated, but not an allowed caller.
+    NotAllowed(String),
+    Unauthenticated,
+}
+
+const CACHE_LIMIT: usize = 4096;
+
+/// Checks relay callers.
+pub struct Callers {
+    client: kube::Client,
+    allowed: HashSet<String>,
+    ttl: Duration,
+    timeout: Duration,
+    cache: Mutex<HashMap<[u8; 32], (Instant, Verdict)>>,
+}
+
+impl Callers {
+    pub fn new(
+        client: kube::Client,
+        allowed: impl IntoIterator<Item = String>,
+        ttl: Duration,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            client,
+            allowed: allowed.into_iter().collect(),
+            ttl,
+            timeout,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether any caller can ever be allowed.
+    pub fn any_allowed(&self) -> bool {
+        !self.allowed.is_empty()
+    }
+
+    /// Reviews `token`; an error means the apiserver could not answer.
+    pub async fn verify(&self, token: &str) -> Result<Verdict, String> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some((at, verdict)) = self.cache.lock().expect("cache lock").get(&key)
+            && at.elapsed() < self.ttl
+        {
+            return Ok(verdict.clone());
+        }
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.to_owned()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let reviews: Api<TokenReview> = Api::all(self.client.clone());
+        let answer = tokio::time::timeout(
+            self.timeout,
+            reviews.create(&PostParams::default(), &review),
+        )
+        .await
+        .map_err(|_| "TokenReview timed out".to_owned())?
+        .map_err(|err| format!("TokenReview failed: {err}"))?;
+        let status = answer.status.unwrap_or_default();
+        let verdict = match (status.authenticated, status.user.and_then(|u| u.username)) {
+            (Some(true), Some(user)) if self.allowed.contains(&user) => Verdict::Allowed(user),
+            (Some(true), Some(user)) => Verdict::NotAllowed(user),
+            _ => Verdict::Unauthenticated,
+        };
+        let mut cache = self.cache.lock().expect("cache lock");
+        if cache.len() >= CACHE_LIMIT {
+            let ttl = self.ttl;
+            cache.retain(|_, (at, _)| at.elapsed() < ttl);
+            if cache.len() >= CACHE_LIMIT {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (Instant::now(), verdict.clone()));
+        Ok(verdict)
+    }
+}

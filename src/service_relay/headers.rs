@@ -1,0 +1,187 @@
+//! Header handling shared by both roles: the `Cluster-Proxy-*` names (the
+//! same as cluster-proxy's hosted-mode relay, so either side can be swapped
+//! for it), hop-by-hop headers per RFC 9110 section 7.6.1, and
+//! `X-Forwarded-*`.
+
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+
+/// The caller's own Authorization, carried across the apiserver hop.
+pub const AUTHORIZATION: &str = "Cluster-Proxy-Authorization";
+/// The relay identity, for the exit relay to verify (the apiserver strips
+/// `Authorization` after authenticating it).
+pub const RELAY_AUTHORIZATION: &str = "Cluster-Proxy-Relay-Authorization";
+pub const PROTO: &str = "Cluster-Proxy-Proto";
+pub const NAMESPACE: &str = "Cluster-Proxy-Namespace";
+pub const SERVICE: &str = "Cluster-Proxy-Service";
+pub const PORT: &str = "Cluster-Proxy-Port";
+const PREFIX: &str = "cluster-proxy-";
+
+/// Removes every `Cluster-Proxy-*` header (whatever a client sent), and
+/// returns the value of `Cluster-Proxy-Authorization` it held, if any.
+pub fn take_cluster_proxy_headers(headers: &mut HeaderMap) -> Option<HeaderValue> {
+    let authorization = headers.get(AUTHORIZATION).cloned();
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(PREFIX))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+    authorization
+}
+
+/// Whether the request asks to switch protocols.
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && connection_tokens(headers).any(|token| token.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+}
+
+/// Removes hop-by-hop headers: the fixed set and whatever `Connection`
+/// lists. For an upgrade, `Connection: upgrade` and `Upgrade` are kept so the
+/// next hop sees the request to switch.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let upgrade = is_upgrade(headers);
+    let listed: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+        .collect();
+    for name in listed {
+        if !(upgrade && name == header::UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    let upgrade_value = headers.get(header::UPGRADE).cloned();
+    for name in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    if let (true, Some(value)) = (upgrade, upgrade_value) {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, value);
+    }
+}
+
+/// Appends the peer to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` unless an earlier hop set them.
+pub fn add_forwarded(headers: &mut HeaderMap, peer: IpAddr, proto: &str) {
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {peer}"),
+        None => peer.to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert("x-forwarded-for", value);
+    }
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert(
+            "x-forwarded-proto",
+            HeaderValue::from_static(if proto == "https" { "https" } else { "http" }),
+        );
+    }
+    if !headers.contains_key("x-forwarded-host")
+        && let Some(host) = headers.get(header::HOST).cloned()
+    {
+        headers.insert("x-forwarded-host", host);
+    }
+}
+
+/// The token of a `Bearer` credential.
+pub fn bearer_token(value: &HeaderValue) -> Option<&str> {
+    let text = value.to_str().ok()?;
+    let (scheme, token) = text.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_cluster_proxy_header_goes_and_authorization_is_returned() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "cluster-proxy-authorization",
+            HeaderValue::from_static("Bearer user"),
+        );
+        headers.insert(
+            "Cluster-Proxy-Relay-Authorization",
+            HeaderValue::from_static("Bearer relay"),
+        );
+        headers.insert("cluster-proxy-anything-else", HeaderValue::from_static("x"));
+        headers.insert("x-kept", HeaderValue::from_static("y"));
+        let taken = take_cluster_proxy_headers(&mut headers);
+        assert_eq!(taken, Some(HeaderValue::from_static("Bearer user")));
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_but_upgrades_survive() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        headers.insert("x-private", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert("sec-websocket-key", HeaderValue::from_static("k"));
+        assert!(is_upgrade(&headers));
+        remove_hop_by_hop(&mut headers);
+        assert!(is_upgrade(&headers));
+        assert_eq!(headers[header::UPGRADE], "websocket");
+        assert!(headers.contains_key("sec-websocket-key"));
+    }
+
+    #[test]
+    fn forwarded_headers_append() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("relay.example"));
+        headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        add_forwarded(&mut headers, "10.0.0.2".parse().expect("ip"), "http");
+        assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 10.0.0.2");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["x-forwarded-host"], "relay.example");
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        assert_eq!(
+            bearer_token(&HeaderValue::from_static("Bearer abc")),
+            Some("abc")
+        );
+        assert_eq!(
+            bearer_token(&HeaderValue::from_static("bearer  abc ")),
+            Some("abc")
+        );
+        assert_eq!(bearer_token(&HeaderValue::from_static("Basic abc")), None);
+        assert_eq!(bearer_token(&HeaderValue::from_static("Bearer ")), None);
+    }
+}

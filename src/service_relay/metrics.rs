@@ -1,0 +1,80 @@
+//! The service relay's metrics.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+use crate::admin::register;
+
+/// Counters and histograms; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RelayMetrics {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    rejections: IntCounterVec,
+    upstream_errors: IntCounterVec,
+}
+
+impl RelayMetrics {
+    pub fn new(registry: &Registry) -> Self {
+        Self {
+            requests: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new("cluster_relay_service_relay_requests_total", "Requests answered, by role and status code."),
+                    &["role", "code"],
+                )
+                .expect("valid metric"),
+            ),
+            duration: register(
+                registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "cluster_relay_service_relay_request_duration_seconds",
+                        "Time from the request to the response head, by role.",
+                    )
+                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                    &["role"],
+                )
+                .expect("valid metric"),
+            ),
+            rejections: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "cluster_relay_service_relay_caller_rejections_total",
+                        "Requests the exit relay refused, by reason (no_credential, unauthenticated, not_allowed, review_failed).",
+                    ),
+                    &["reason"],
+                )
+                .expect("valid metric"),
+            ),
+            upstream_errors: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "cluster_relay_service_relay_upstream_errors_total",
+                        "Requests that could not be forwarded, by role and reason (lookup, connect, timeout, no_kubeconfig).",
+                    ),
+                    &["role", "reason"],
+                )
+                .expect("valid metric"),
+            ),
+        }
+    }
+
+    pub fn answered(&self, role: &str, code: u16, seconds: f64) {
+        self.requests
+            .with_label_values(&[role, &code.to_string()])
+            .inc();
+        self.duration.with_label_values(&[role]).observe(seconds);
+    }
+
+    pub fn rejected(&self, reason: &str) {
+        self.rejections.with_label_values(&[reason]).inc();
+    }
+
+    pub fn upstream_error(&self, role: &str, reason: &str) {
+        self.upstream_errors
+            .with_label_values(&[role, reason])
+            .inc();
+    }
+}
