@@ -29,7 +29,8 @@ impl Agent {
     /// Starts `agent <args> --log-format json` and waits until each listener
     /// named in `listeners` (plus `admin`) has logged its address.
     pub fn spawn(args: &[&str], listeners: &[&str]) -> anyhow::Result<Agent> {
-        let mut child = Command::new(agent_bin())
+        let mut command = Command::new(agent_bin());
+        command
             .args(args)
             .args([
                 "--log-format",
@@ -37,11 +38,11 @@ impl Agent {
                 "--log-level",
                 "info,cluster_relay=debug",
             ])
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("spawning agent")?;
+            .stderr(Stdio::piped());
+        // From the fixture's spawner: the agent dies with the test binary,
+        // also when a shared one is never dropped.
+        let mut child = super::procs::spawn(command)?;
         let stderr = child.stderr.take().expect("stderr is piped");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let sink = logs.clone();
@@ -155,8 +156,7 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::procs::kill(&mut self.child);
     }
 }
 

@@ -6,6 +6,9 @@
 //! - [`ControlPlane`] / [`shared`]: `controlplane.rs`
 //! - [`NetnsPod`]: `netns_pod.rs`, its Kubernetes objects in `pod_objects.rs`,
 //!   the pod-to-host relay in `forward.rs`
+//! - [`EchoPod`], [`EchoServer`], [`WsClient`]: the echo upstream (`echo.py`)
+//!   in a pod or on loopback, `echo.rs`
+//! - [`TlsFiles`]: a CA and a server certificate from openssl, `tls.rs`
 //! - [`wait_until`] and friends: `wait.rs`
 //! - [`agent`]: the `agent` binary run as a process
 //! - child processes, network namespaces and the per-run directory, cleaned
@@ -20,13 +23,17 @@
 
 pub mod agent;
 mod controlplane;
+pub mod echo;
 mod forward;
 mod netns_pod;
 mod pod_objects;
 mod procs;
+pub mod tls;
 mod wait;
 
 pub use controlplane::{ControlPlane, shared};
-pub use netns_pod::NetnsPod;
+pub use echo::{EchoPod, EchoServer, WsClient};
+pub use netns_pod::{NetnsPod, host_network_state, pod_network_ports};
 pub use procs::{repo_path, run_dir};
+pub use tls::TlsFiles;
 pub use wait::{wait_for, wait_for_sync, wait_until, wait_until_sync};

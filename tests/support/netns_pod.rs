@@ -5,13 +5,16 @@
 //! objects (built in `pod_objects.rs`) are registered here, and only here,
 //! with kubectl.
 //!
-//! The reverse direction, a process in the pod reaching a host apiserver, is
+//! All pods sit on one switched network with the host (see the script), so
+//! a process in one pod reaches another pod by its pod IP, and the host
+//! reaches every pod, without any IP forwarding. The reverse direction, a
+//! process in the pod reaching a host apiserver on 127.0.0.1, is
 //! [`NetnsPod::forward_host_port`] (see `forward.rs`).
 
 use std::fs::OpenOptions;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -25,8 +28,12 @@ use super::pod_objects;
 use super::procs::{self, repo_path};
 use super::wait::wait_until_sync;
 
-/// A pod on one control plane: network namespace, veth pair, Pod, Service and
-/// Endpoints named after it. Dropping it kills its processes and deletes all
+/// Names `hack/netns-pod.sh` gives the pod network's parts.
+const POD_NETWORK_NODE: &str = "crp-node";
+const POD_NETWORK_HOST_IF: &str = "crpnode";
+
+/// A pod on one control plane: network namespace, veth pair to the pod
+/// network's bridge, Pod, Service and Endpoints named after it. Dropping it kills its processes and deletes all
 /// of them.
 pub struct NetnsPod {
     /// The plane's kubeconfig and kubectl cache, for cleaning up in Drop.
@@ -37,6 +44,7 @@ pub struct NetnsPod {
     netns: String,
     pod_ip: Ipv4Addr,
     host_ip: Ipv4Addr,
+    host_if: String,
     log: PathBuf,
     children: Mutex<Vec<Child>>,
     forwarders: Mutex<Vec<Forwarder>>,
@@ -79,10 +87,13 @@ impl NetnsPod {
             );
         }
         let out = String::from_utf8_lossy(&created.stdout);
-        let field = |key: &str| -> anyhow::Result<Ipv4Addr> {
+        let field = |key: &str| -> anyhow::Result<&str> {
             out.lines()
                 .find_map(|l| l.strip_prefix(key))
-                .with_context(|| format!("netns-pod.sh printed no {key}"))?
+                .with_context(|| format!("netns-pod.sh printed no {key}"))
+        };
+        let ip = |key: &str| -> anyhow::Result<Ipv4Addr> {
+            field(key)?
                 .parse()
                 .with_context(|| format!("netns-pod.sh printed a bad {key}"))
         };
@@ -96,8 +107,9 @@ impl NetnsPod {
                 .join(&netns)
                 .join("process.log"),
             netns,
-            pod_ip: field("POD_IP=")?,
-            host_ip: field("HOST_IP=")?,
+            pod_ip: ip("POD_IP=")?,
+            host_ip: ip("HOST_IP=")?,
+            host_if: field("HOST_IF=")?.to_owned(),
             children: Mutex::new(Vec::new()),
             forwarders: Mutex::new(Vec::new()),
         };
@@ -153,9 +165,29 @@ impl NetnsPod {
         self.pod_ip
     }
 
-    /// The host end of the veth pair: the pod's default gateway.
+    /// The host's address on the pod network: every pod's default gateway,
+    /// and the source address of connections from the host to pods.
     pub fn host_ip(&self) -> Ipv4Addr {
         self.host_ip
+    }
+
+    /// The host's interface on the pod network (where `host_ip` sits).
+    pub fn host_if(&self) -> &str {
+        &self.host_if
+    }
+
+    /// The interface index of this pod's port on the pod network's bridge
+    /// (its veth's peer), to check that it goes with the pod.
+    pub fn bridge_port(&self) -> anyhow::Result<u32> {
+        let out = Command::new("ip")
+            .args(["-n", &self.netns, "-o", "link", "show", "type", "veth"])
+            .output()?;
+        // "2: crp0p@if7: <...": the peer's index follows "@if".
+        let text = String::from_utf8_lossy(&out.stdout);
+        let peer = text.split(['@', ':']).find_map(|w| w.strip_prefix("if"));
+        peer.context("the pod has no veth")?
+            .parse()
+            .context("a bad peer index")
     }
 
     /// The apiserver path proxying to `port` of this pod's Service, plus `path`
@@ -176,13 +208,39 @@ impl NetnsPod {
             .append(true)
             .open(&self.log)
             .with_context(|| format!("opening {}", self.log.display()))?;
+        let mut wrapped = self.in_netns(&[], &cmd);
+        wrapped.stdout(log.try_clone()?).stderr(log);
+        // `ip netns exec` execs the program: the pid is the program's.
+        let child = procs::spawn(wrapped)?;
+        let pid = child.id();
+        self.children
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(child);
+        Ok(pid)
+    }
+
+    /// Runs `cmd` inside the pod to completion and returns its output: for
+    /// one-shot clients (curl, `python3 -c`). After `timeout` it is killed
+    /// (coreutils' `timeout`, so it also ends if the test process dies).
+    pub fn run(&self, cmd: Command, timeout: Duration) -> anyhow::Result<Output> {
+        let limit = format!("{}", timeout.as_secs_f64());
+        let mut wrapped = self.in_netns(&["timeout", "--kill-after=5", &limit], &cmd);
+        wrapped
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {cmd:?} in pod {}", self.name))
+    }
+
+    /// `cmd` (program, args, env changes, working directory; not
+    /// `env_clear`) run by `ip netns exec` in this pod, after `prefix`.
+    fn in_netns(&self, prefix: &[&str], cmd: &Command) -> Command {
         let mut wrapped = Command::new("ip");
         wrapped
             .args(["netns", "exec", &self.netns])
+            .args(prefix)
             .arg(cmd.get_program())
-            .args(cmd.get_args())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+            .args(cmd.get_args());
         for (key, value) in cmd.get_envs() {
             match value {
                 Some(value) => wrapped.env(key, value),
@@ -192,14 +250,7 @@ impl NetnsPod {
         if let Some(dir) = cmd.get_current_dir() {
             wrapped.current_dir(dir);
         }
-        // `ip netns exec` execs the program: the pid is the program's.
-        let child = procs::spawn(wrapped)?;
-        let pid = child.id();
-        self.children
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(child);
-        Ok(pid)
+        wrapped
     }
 
     /// Output of the processes run with [`NetnsPod::spawn`] so far.
@@ -275,4 +326,48 @@ impl Drop for NetnsPod {
             ),
         }
     }
+}
+
+/// The host's own network state, which pods must never change, as text to
+/// compare before and after: host-wide IPv4 sysctls, the address and
+/// forwarding setting of the default route's interface (eth0 here), and all
+/// routes except the pod network's own (which comes and goes with pods).
+pub fn host_network_state() -> anyhow::Result<String> {
+    let run = |args: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new(args[0]).args(&args[1..]).output()?;
+        anyhow::ensure!(out.status.success(), "{args:?}: {out:?}");
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let default = run(&["ip", "-4", "route", "show", "default"])?;
+    let words = default.split_whitespace();
+    let uplink = words.skip_while(|w| *w != "dev").nth(1);
+    let uplink = uplink.context("the host has no default route")?;
+    let mut state = run(&["sysctl", "net.ipv4.ip_forward"])?;
+    for key in ["all.forwarding", "default.forwarding", "all.rp_filter"] {
+        state += &run(&["sysctl", &format!("net.ipv4.conf.{key}")])?;
+    }
+    state += &run(&["sysctl", &format!("net.ipv4.conf.{uplink}.forwarding")])?;
+    // Brief: without address lifetimes, which count down.
+    state += &run(&["ip", "-br", "addr", "show", "dev", uplink])?;
+    let routes = run(&["ip", "route", "show", "table", "all"])?;
+    let pod_network = format!(" dev {POD_NETWORK_HOST_IF} ");
+    for route in routes.lines().filter(|r| !r.contains(&pod_network)) {
+        state += route;
+        state.push('\n');
+    }
+    Ok(state)
+}
+
+/// Indexes of the interfaces in the pod network's node namespace
+/// (`crp-node` of `hack/netns-pod.sh`): its bridge and every pod's port on
+/// it; empty once no pod is left.
+pub fn pod_network_ports() -> Vec<u32> {
+    let out = Command::new("ip")
+        .args(["-n", POD_NETWORK_NODE, "-o", "link", "show"])
+        .output();
+    let out = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    out.unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(':').next()?.parse().ok())
+        .collect()
 }
