@@ -96,8 +96,9 @@ pub fn run(
     println!(
         "  fd limit (hard) {fd_limit}; the relay has {base_fds} fds open at start, so descriptors \
          leave room for {} connections, and its own sizing (2 per connection + {RELAY_RESERVE}) \
-         for {max_connections} (its --max-connections here) → {} used, rounded down to a hundred",
+         for {} (its --max-connections here) → {} used, rounded down to a hundred",
         report::count(fits),
+        report::count(max_connections),
         report::count(count),
     );
 
@@ -196,8 +197,11 @@ fn measure(
             let (held, _) = hold.counts()?;
             let own = proxy_count()?;
             let fds = procs::open_fds(pid)?;
-            seen =
-                format!("hold server holds {held}; {own:?} active in the proxy; {fds} fds in it");
+            let own_count = match own {
+                Some(own) => format!("the proxy reports {own} active; "),
+                None => String::new(),
+            };
+            seen = format!("hold server holds {held}; {own_count}{fds} fds open in the proxy");
             Ok(held == count && own.is_none_or(|own| own == count as f64) && fds >= 2 * count)
         },
     )

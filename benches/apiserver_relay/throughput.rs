@@ -27,6 +27,9 @@ pub struct Runs {
     pub gbps: Vec<f64>,
     /// CPU of the proxy's process group, in percent of one core.
     pub proxy_cpu: Vec<f64>,
+    /// `proxy_cpu` per Gbit/s moved: the proxy's cost per byte, which
+    /// depends less on how the scheduler shared the cores than either.
+    pub proxy_cpu_per_gbps: Vec<f64>,
     /// CPU of the iperf3 client plus server, in percent of one core.
     pub endpoints_cpu: Vec<f64>,
     /// CPU of processes not the bench's, in percent of the machine.
@@ -140,6 +143,8 @@ pub fn run(
                     Ok(sample) => {
                         runs.gbps.push(sample.gbps);
                         runs.proxy_cpu.extend(sample.proxy_cpu);
+                        runs.proxy_cpu_per_gbps
+                            .extend(sample.proxy_cpu.map(|cpu| cpu / sample.gbps));
                         runs.endpoints_cpu.push(sample.endpoints_cpu);
                         runs.other.push(sample.other);
                     }
@@ -241,6 +246,7 @@ fn print_direction(rows: &[Row], reverse: bool) {
         "runs (Gbit/s)",
         "iperf3 CPU",
         "proxy CPU",
+        "per Gbit/s",
         "other",
     ]);
     for row in rows {
@@ -257,6 +263,7 @@ fn print_direction(rows: &[Row], reverse: bool) {
                 .join(" "),
             report::or_dash(report::median(&r.endpoints_cpu).map(|c| format!("{c:.0}%"))),
             report::or_dash(report::median(&r.proxy_cpu).map(|c| format!("{c:.0}%"))),
+            report::or_dash(report::median(&r.proxy_cpu_per_gbps).map(|c| format!("{c:.1}%"))),
             report::or_dash(
                 r.other
                     .iter()
