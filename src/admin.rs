@@ -109,6 +109,22 @@ pub struct AdminState {
     pub shutdown: Shutdown,
 }
 
+/// The running admin server; stops when dropped.
+pub struct AdminServer(tokio::task::JoinHandle<()>);
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Binds `--admin-addr` (naming the flag on failure) and serves the admin
+/// endpoints until the returned handle is dropped.
+pub fn start(args: &AdminArgs, state: AdminState) -> anyhow::Result<AdminServer> {
+    let listener = crate::net::listen(args.admin_addr, "--admin-addr", "admin")?;
+    Ok(AdminServer(tokio::spawn(serve(listener, state))))
+}
+
 /// Serves the admin endpoints until the task is dropped. Accept errors are
 /// logged and do not stop the server.
 pub async fn serve(listener: TcpListener, state: AdminState) {

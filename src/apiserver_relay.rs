@@ -102,18 +102,15 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     .await?;
     let metrics = metrics::RelayMetrics::new(&registry);
 
-    let admin_listener = net::listen(args.admin.admin_addr, "--admin-addr", "admin")?;
-    let listener = net::listen(args.listen_addr, "--listen-addr", "relay")?;
-    let admin = tokio::spawn(admin::serve(
-        admin_listener,
+    let _admin = admin::start(
+        &args.admin,
         AdminState {
             registry,
             readiness,
             shutdown: shutdown.clone(),
         },
-    ));
-
+    )?;
+    let listener = net::listen(args.listen_addr, "--listen-addr", "relay")?;
     server::serve(listener, config, current, metrics, shutdown).await;
-    admin.abort();
     Ok(())
 }

@@ -22,7 +22,6 @@ use crate::{
     admin::{AdminArgs, AdminState, Readiness},
     kube_client::KubeArgs,
     leader::{LeaderArgs, Leadership},
-    net,
     secret_watch::{SecretRef, watch_secret},
     shutdown::{Shutdown, ShutdownArgs},
 };
@@ -336,15 +335,14 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     let leadership =
         Leadership::from_args(&args.leader, &config.namespace, hosting.clone(), &registry)
             .map_err(|err| anyhow::anyhow!("{err}"))?;
-    let admin_listener = net::listen(args.admin.admin_addr, "--admin-addr", "admin")?;
-    let admin = tokio::spawn(crate::admin::serve(
-        admin_listener,
+    let _admin = crate::admin::start(
+        &args.admin,
         AdminState {
             registry,
             readiness: readiness.clone(),
             shutdown: shutdown.clone(),
         },
-    ));
+    )?;
     let source = watch_secret(hosting.clone(), config.source.clone());
     let target = watch_secret(hosting.clone(), config.target.clone());
     let reconciler = reconcile::Reconciler::new(
@@ -359,7 +357,6 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
         .await;
     // The writer has stopped: hand the lease over at once.
     leadership.release().await;
-    admin.abort();
     Ok(())
 }
 

@@ -27,7 +27,7 @@ use self::{
     directory::{Directory, parse_resolve},
     entry::{Entry, ExitService, Mode},
     exit::Exit,
-    forward::{Upstream, UpstreamConfig, roots_from_pem},
+    forward::{Limits, Upstream, UpstreamConfig, roots_from_pem},
     metrics::RelayMetrics,
 };
 use crate::{
@@ -209,7 +209,11 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     }
     let roots = upstream_roots(&args.upstream_ca_files)?;
     let statics: HashMap<_, _> = args.resolve.iter().cloned().collect();
-    let max_body_bytes = (args.max_request_body_bytes > 0).then_some(args.max_request_body_bytes);
+    let limits = Limits {
+        connect_timeout: args.connect_timeout,
+        response_timeout: args.response_timeout,
+        max_body_bytes: (args.max_request_body_bytes > 0).then_some(args.max_request_body_bytes),
+    };
     let registry = Registry::new();
     let readiness = Readiness::default();
     let metrics = RelayMetrics::new(&registry);
@@ -225,9 +229,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
                 roots,
                 server_name: None,
                 resolver: directory.resolver(),
-                connect_timeout: args.connect_timeout,
-                response_timeout: args.response_timeout,
-                max_body_bytes,
+                limits,
             })?;
             readiness.check("relay").ready("direct mode");
             Relay::Entry(Entry {
@@ -236,9 +238,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
                     upstream,
                 },
                 metrics: metrics.clone(),
-                connect_timeout: args.connect_timeout,
-                response_timeout: args.response_timeout,
-                max_body_bytes,
+                limits,
             })
         }
         Role::Entry => {
@@ -268,9 +268,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
                     upstream: Mutex::new(None),
                 },
                 metrics: metrics.clone(),
-                connect_timeout: args.connect_timeout,
-                response_timeout: args.response_timeout,
-                max_body_bytes,
+                limits,
             })
         }
         Role::Exit => {
@@ -298,9 +296,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
                 roots,
                 server_name: None,
                 resolver: directory.resolver(),
-                connect_timeout: args.connect_timeout,
-                response_timeout: args.response_timeout,
-                max_body_bytes,
+                limits,
             })?;
             Relay::Exit(Exit {
                 callers,
@@ -311,16 +307,15 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
         }
     };
 
-    let admin_listener = net::listen(args.admin.admin_addr, "--admin-addr", "admin")?;
-    let listener = net::listen(args.listen_addr, "--listen-addr", "relay")?;
-    let admin = tokio::spawn(crate::admin::serve(
-        admin_listener,
+    let _admin = crate::admin::start(
+        &args.admin,
         AdminState {
             registry,
             readiness,
             shutdown: shutdown.clone(),
         },
-    ));
+    )?;
+    let listener = net::listen(args.listen_addr, "--listen-addr", "relay")?;
     http_server::serve(
         listener,
         std::sync::Arc::new(Served { relay, metrics }),
@@ -331,6 +326,5 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
         shutdown,
     )
     .await;
-    admin.abort();
     Ok(())
 }

@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use support::{
     ControlPlane, NetnsPod,
     agent::{Agent, agent_bin, raw_http},
-    echo::{EchoPod, WsClient},
+    echo::{EchoPod, WsClient, echoed},
     shared,
     tls::TlsFiles,
     wait_until_sync,
@@ -173,13 +173,6 @@ fn get(path: &str, extra: &[(&str, &str)]) -> (u16, String) {
     }
     request.push_str("\r\n");
     raw_http(t.entry.addr("relay"), request.as_bytes()).expect("the entry answers")
-}
-
-fn echoed(body: &str) -> (Value, HashMap<String, Vec<String>>) {
-    let json: Value =
-        serde_json::from_str(body).unwrap_or_else(|err| panic!("not echo JSON ({err}): {body}"));
-    let headers = serde_json::from_value(json["headers"].clone()).expect("headers");
-    (json, headers)
 }
 
 fn assert_clean(headers: &HashMap<String, Vec<String>>) {

@@ -6,10 +6,14 @@
 
 mod support;
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 use serde_json::Value;
-use support::{agent::Agent, echo::EchoServer, shared, wait_until_sync};
+use support::{
+    agent::Agent,
+    echo::{EchoServer, echoed},
+    shared, wait_until_sync,
+};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const NAMESPACE: &str = "exit-callers";
@@ -59,12 +63,6 @@ fn call(exit: &Agent, echo: &EchoServer, headers: &[(&str, String)]) -> (u16, St
     }
     request.push_str("\r\n");
     support::agent::raw_http(exit.addr("relay"), request.as_bytes()).expect("exit answers")
-}
-
-fn echoed_headers(body: &str) -> HashMap<String, Vec<String>> {
-    let json: Value =
-        serde_json::from_str(body).unwrap_or_else(|err| panic!("not echo JSON ({err}): {body}"));
-    serde_json::from_value(json["headers"].clone()).expect("headers map")
 }
 
 #[test]
@@ -128,7 +126,7 @@ fn only_allowed_callers_pass_and_the_callers_authorization_is_restored() {
         ],
     );
     assert_eq!(status, 200, "{body}");
-    let headers = echoed_headers(&body);
+    let headers = echoed(&body).1;
     assert_eq!(
         headers["authorization"],
         vec!["Bearer the-users-own-token".to_owned()]
@@ -155,7 +153,7 @@ fn only_allowed_callers_pass_and_the_callers_authorization_is_restored() {
         )],
     );
     assert_eq!(status, 200);
-    assert!(!echoed_headers(&body).contains_key("authorization"));
+    assert!(!echoed(&body).1.contains_key("authorization"));
 
     assert_eq!(
         exit.metric("cluster_relay_service_relay_caller_rejections_total{reason=\"not_allowed\"}"),

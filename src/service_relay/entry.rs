@@ -19,7 +19,7 @@ use secrecy::ExposeSecret;
 use super::{
     directory::{Directory, Resolution, host},
     exit::lookup_response,
-    forward::{Upstream, UpstreamConfig, roots_from_pem},
+    forward::{Limits, Upstream, UpstreamConfig, roots_from_pem},
     headers::{self, take_cluster_proxy_headers},
     metrics::RelayMetrics,
     target::{self, Target},
@@ -56,9 +56,7 @@ pub enum Mode {
 pub struct Entry {
     pub mode: Mode,
     pub metrics: RelayMetrics,
-    pub connect_timeout: Duration,
-    pub response_timeout: Duration,
-    pub max_body_bytes: Option<u64>,
+    pub limits: Limits,
 }
 
 /// Sets a header; false if the value cannot be a header value.
@@ -229,9 +227,7 @@ impl Entry {
                 Duration::from_secs(5),
             )
             .resolver(),
-            connect_timeout: self.connect_timeout,
-            response_timeout: self.response_timeout,
-            max_body_bytes: self.max_body_bytes,
+            limits: self.limits,
         })
         .map_err(|err| err.to_string())?;
         *slot = Some((kubeconfig.hash.clone(), upstream.clone()));

@@ -57,16 +57,22 @@ pub struct Upstream {
     max_body_bytes: Option<u64>,
 }
 
+/// How upstream exchanges are bounded (from the flags).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    /// Largest request body accepted; `None` for no limit.
+    pub max_body_bytes: Option<u64>,
+}
+
 /// How to reach upstreams.
 pub struct UpstreamConfig {
     pub roots: RootCertStore,
     /// Verify the server as this name instead of the URI's host.
     pub server_name: Option<String>,
     pub resolver: Resolver,
-    pub connect_timeout: Duration,
-    pub response_timeout: Duration,
-    /// Largest request body accepted; `None` for no limit.
-    pub max_body_bytes: Option<u64>,
+    pub limits: Limits,
 }
 
 impl Upstream {
@@ -80,7 +86,7 @@ impl Upstream {
         let mut http = HttpConnector::new_with_resolver(config.resolver);
         http.enforce_http(false);
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_connect_timeout(Some(config.limits.connect_timeout));
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http();
@@ -100,8 +106,8 @@ impl Upstream {
             .build(connector);
         Ok(Self {
             client,
-            response_timeout: config.response_timeout,
-            max_body_bytes: config.max_body_bytes,
+            response_timeout: config.limits.response_timeout,
+            max_body_bytes: config.limits.max_body_bytes,
         })
     }
 

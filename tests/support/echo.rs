@@ -347,3 +347,17 @@ impl WsClient {
         }
     }
 }
+
+/// An echo answer: the whole JSON and its headers (lowercased name to the
+/// values sent). Panics, quoting the body, if it is not one.
+pub fn echoed(
+    body: &str,
+) -> (
+    serde_json::Value,
+    std::collections::HashMap<String, Vec<String>>,
+) {
+    let json: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|err| panic!("not echo JSON ({err}): {body}"));
+    let headers = serde_json::from_value(json["headers"].clone()).expect("a headers map");
+    (json, headers)
+}
