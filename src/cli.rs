@@ -27,8 +27,9 @@ pub struct Cli {
 }
 
 /// The subcommands.
-// Parsed once per process: the size of its variants does not matter.
-#[allow(clippy::large_enum_variant)]
+// Parsed once per process: the size of its variants does not matter. The
+// doc comments are the --help text, written for a terminal, not rustdoc.
+#[allow(clippy::large_enum_variant, rustdoc::broken_intra_doc_links)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Raw TCP relay to the managed kube-apiserver.

@@ -19,6 +19,7 @@
 //!   the managed apiserver, with the caller's Authorization restored.
 //! - [`provisioner`]: `agent provision-kubeconfig`, short-lived managed
 //!   kubeconfigs from a given admin kubeconfig.
+//! - [`read_cache`]: `agent read-cache`, a caching GET proxy (engine parts so far).
 
 pub mod admin;
 pub mod apiserver_relay;
@@ -29,6 +30,7 @@ pub mod leader;
 pub mod managed_kubeconfig;
 pub mod net;
 pub mod provisioner;
+pub mod read_cache;
 pub mod secret_watch;
 pub mod service_relay;
 pub mod shutdown;
