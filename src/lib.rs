@@ -14,6 +14,7 @@
 //!   file or a Secret, and publishes its current state to the components.
 //! - [`apiserver_relay`]: `agent apiserver-relay`, raw TCP to the managed
 //!   kube-apiserver.
+//! - [`coalesce`]: merges concurrent identical lookups into one.
 //! - [`http_server`]: the HTTP server loop shared by the HTTP components.
 //! - [`service_relay`]: `agent service-relay`, HTTP to managed Services through
 //!   the managed apiserver, with the caller's Authorization restored.
@@ -24,6 +25,7 @@
 pub mod admin;
 pub mod apiserver_relay;
 pub mod cli;
+pub mod coalesce;
 pub mod http_server;
 pub mod kube_client;
 pub mod leader;

@@ -5,8 +5,8 @@
 //! pingora-cache splits a cache:
 //! - [`key`]: which requests may share a response ([`key::CacheKey`]).
 //! - [`store`]: byte-bounded storage with LRU eviction.
-//! - [`coalesce`]: the lock that merges concurrent identical misses.
+//! - [`crate::coalesce`] (shared): the lock that merges concurrent identical
+//!   misses.
 
-pub mod coalesce;
 pub mod key;
 pub mod store;

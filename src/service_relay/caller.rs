@@ -2,7 +2,8 @@
 //! `Cluster-Proxy-Relay-Authorization` is reviewed by the managed cluster's
 //! apiserver (TokenReview) and its user must be one of `--allowed-caller`.
 //! With no allowed caller configured nobody is allowed (fail closed).
-//! Verdicts are cached briefly per token hash; the cache is bounded.
+//! Verdicts are cached briefly per token hash; the cache is bounded, and
+//! concurrent lookups of one token share a single TokenReview.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -13,6 +14,8 @@ use std::{
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::{Api, api::PostParams};
 use sha2::{Digest, Sha256};
+
+use crate::coalesce::Coalescer;
 
 /// The outcome of checking a caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +35,7 @@ pub struct Callers {
     ttl: Duration,
     timeout: Duration,
     cache: Mutex<HashMap<[u8; 32], (Instant, Verdict)>>,
+    reviews: Coalescer<[u8; 32], Verdict>,
 }
 
 impl Callers {
@@ -47,6 +51,7 @@ impl Callers {
             ttl,
             timeout,
             cache: Mutex::new(HashMap::new()),
+            reviews: Coalescer::new(),
         }
     }
 
@@ -63,6 +68,16 @@ impl Callers {
         {
             return Ok(verdict.clone());
         }
+        // When a verdict expires under load, every request with the token
+        // misses at once; one review answers them all.
+        let (verdict, _) = self
+            .reviews
+            .get_or_fetch(key, || self.review(key, token))
+            .await?;
+        Ok(verdict)
+    }
+
+    async fn review(&self, key: [u8; 32], token: &str) -> Result<Verdict, String> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_owned()),

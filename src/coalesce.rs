@@ -3,7 +3,9 @@
 //! The first caller for a key becomes the leader and runs its fetch; callers
 //! that arrive while it runs wait and get a clone of the leader's value
 //! without fetching. This is what keeps a burst of identical LISTs after an
-//! eviction (or a cold start) from becoming a burst against the apiserver.
+//! eviction (or a cold start) from becoming a burst against the apiserver,
+//! and a burst of requests with one relay token from becoming a burst of
+//! TokenReviews when its cached verdict expires.
 //!
 //! Failure semantics: a value is shared only if the leader's fetch returns
 //! `Ok`. If it returns `Err`, or its future is dropped (client gone, timeout),
