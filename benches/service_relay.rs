@@ -1,0 +1,304 @@
+//! Side-by-side benchmark of `agent service-relay --role exit` against nginx
+//! as a reverse proxy, both in front of the same small upstream (nginx, one
+//! worker, serving a 1 KiB file), all on this machine in one run:
+//!
+//! - direct: wrk against the upstream itself, the ceiling;
+//! - nginx proxy: one worker, `proxy_pass` to an `upstream` block with
+//!   `keepalive 64`;
+//! - exit relay: with the runtime's default workers (one per core), and
+//!   with `TOKIO_WORKER_THREADS=1` to match nginx's one worker. Its requests
+//!   carry the `Cluster-Proxy-*` headers the managed apiserver would send,
+//!   and the relay reviews the caller's token against a real kube-apiserver
+//!   (verdicts cached for the default 10 s).
+//!
+//! The same wrk load goes to each ([`measure`]), then a summary prints the
+//! issue's target: the exit relay ahead of nginx in requests per second. It
+//! prints figures and asserts none; it fails only when a configuration
+//! answered wrongly (a bad first response, non-2xx responses or socket
+//! errors under load), since its figures would then mean nothing.
+//!
+//! `cargo bench --bench service_relay` passes `--bench` and gets the full
+//! run (about 75 s). Without it, as `cargo test --all-targets` runs every
+//! target, it makes a short smoke run of the same steps.
+
+// A bench root resolves `mod` paths beside itself, like a main.rs; the
+// parts live in benches/service_relay/, and two are shared with the
+// apiserver-relay bench, which uses more of them than this one does.
+#[path = "service_relay/controlplane.rs"]
+mod controlplane;
+#[path = "service_relay/measure.rs"]
+mod measure;
+#[path = "apiserver_relay/procs.rs"]
+#[allow(dead_code)]
+mod procs;
+#[path = "apiserver_relay/report.rs"]
+#[allow(dead_code)]
+mod report;
+#[path = "service_relay/servers.rs"]
+mod servers;
+#[path = "service_relay/summary.rs"]
+mod summary;
+#[path = "service_relay/wrk.rs"]
+mod wrk;
+
+use std::{path::PathBuf, process::ExitCode, time::Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    controlplane::ControlPlane,
+    measure::Config,
+    servers::{Document, NAMESPACE, SERVICE},
+    summary::{DIRECT, NGINX, RELAY, RELAY_ONE},
+};
+
+/// Temporary directories are named `<prefix><pid>-<random>`.
+const DIR_PREFIX: &str = "service-relay-bench-";
+const DOCUMENT_BYTES: usize = 1024;
+
+fn main() -> ExitCode {
+    let full = std::env::args().skip(1).any(|arg| arg == "--bench");
+    match run(full) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("service_relay bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(full: bool) -> anyhow::Result<()> {
+    let started = Instant::now();
+    procs::handle_interrupts();
+    procs::raise_nofile()?;
+    let params = if full {
+        measure::Params {
+            settings: wrk::Settings {
+                threads: 1,
+                connections: 32,
+                seconds: 5,
+            },
+            rounds: 3,
+            warmup_seconds: 1,
+        }
+    } else {
+        measure::Params {
+            settings: wrk::Settings {
+                threads: 1,
+                connections: 8,
+                seconds: 1,
+            },
+            rounds: 1,
+            warmup_seconds: 0,
+        }
+    };
+    println!(
+        "# agent service-relay --role exit vs nginx reverse proxy, 1 KiB static file ({})",
+        if full {
+            "full run"
+        } else {
+            "smoke run: pass --bench for real figures"
+        }
+    );
+    let (Some(wrk_binary), Some(nginx)) = (wrk::find(), servers::find_nginx()) else {
+        let missing = "wrk and nginx are needed (hack/install-deps.sh --bench)";
+        if full {
+            bail!("{missing}");
+        }
+        println!("  {missing}; skipped");
+        return Ok(());
+    };
+    sweep_dead_runs();
+    // Dropped last of the locals, after every process writing into it.
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
+        .tempdir()?;
+    describe_machine(&wrk_binary, &nginx);
+    let doc = Document::new(DOCUMENT_BYTES);
+
+    let upstream = servers::upstream(dir.path(), &nginx, &doc)?;
+    let plane_started = Instant::now();
+    let plane = ControlPlane::start(&dir.path().join("controlplane"))?;
+    let token = plane.caller_token()?;
+    println!(
+        "  control plane (etcd + kube-apiserver) ready and ServiceAccount token made in {:.1} s",
+        plane_started.elapsed().as_secs_f64()
+    );
+    let nginx_proxy = servers::nginx_proxy(dir.path(), &nginx, upstream.addr)?;
+    let kubeconfig = plane.kubeconfig();
+    let relay = servers::exit_relay(dir.path(), "relay", &kubeconfig, controlplane::CALLER, None)?;
+    let relay_one = servers::exit_relay(
+        dir.path(),
+        "relay-1-worker",
+        &kubeconfig,
+        controlplane::CALLER,
+        Some(1),
+    )?;
+    for (name, server) in [("upstream nginx", &upstream), (NGINX, &nginx_proxy)] {
+        println!(
+            "  {name}: {}, process group {} (master + 1 worker, one thread each)",
+            server.addr,
+            server.proc.pid()
+        );
+    }
+    for (name, server) in [(RELAY, &relay), (RELAY_ONE, &relay_one)] {
+        println!(
+            "  {name}: {}, pid {}, {} threads",
+            server.addr,
+            server.proc.pid(),
+            procs::threads(server.proc.pid())?
+        );
+    }
+
+    let relay_headers: Vec<(String, String)> = [
+        (
+            "Cluster-Proxy-Relay-Authorization",
+            format!("Bearer {token}"),
+        ),
+        ("Cluster-Proxy-Proto", "http".to_owned()),
+        ("Cluster-Proxy-Namespace", NAMESPACE.to_owned()),
+        ("Cluster-Proxy-Service", SERVICE.to_owned()),
+        ("Cluster-Proxy-Port", upstream.addr.port().to_string()),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_owned(), value))
+    .collect();
+    let configs = [
+        Config {
+            name: DIRECT,
+            addr: upstream.addr,
+            headers: Vec::new(),
+            proxy_group: None,
+        },
+        Config {
+            name: NGINX,
+            addr: nginx_proxy.addr,
+            headers: Vec::new(),
+            proxy_group: Some(nginx_proxy.proc.pid()),
+        },
+        Config {
+            name: RELAY,
+            addr: relay.addr,
+            headers: relay_headers.clone(),
+            proxy_group: Some(relay.proc.pid()),
+        },
+        Config {
+            name: RELAY_ONE,
+            addr: relay_one.addr,
+            headers: relay_headers,
+            proxy_group: Some(relay_one.proc.pid()),
+        },
+    ];
+    for config in &configs {
+        servers::verify(config.addr, &doc, &config.headers)
+            .with_context(|| format!("{} before measuring", config.name))?;
+    }
+    println!(
+        "  each config answered GET {} with 200 and the {}-byte document",
+        doc.path,
+        doc.body.len()
+    );
+
+    report::heading(&format!(
+        "requests/s and latency: {} round(s) round-robin of {} s per config, after {} s of warm-up each",
+        params.rounds, params.settings.seconds, params.warmup_seconds
+    ));
+    println!(
+        "  load, the same for every config: {}",
+        params.settings.describe(&[])
+    );
+    println!(
+        "  (relay configs add -H for the five Cluster-Proxy-* headers: relay token, proto, namespace, service, port)"
+    );
+    let token_reviews = || plane.token_reviews();
+    let cx = measure::Context {
+        dir: dir.path(),
+        wrk: &wrk_binary,
+        path: doc.path,
+        upstream_group: upstream.proc.pid(),
+        token_reviews: &token_reviews,
+    };
+    let rows = measure::run(&cx, &configs, &params)?;
+    measure::print(&rows);
+    summary::print(&rows);
+
+    println!();
+    println!("  load average at the end: {}", load_average());
+    println!("total bench time {:.0} s", started.elapsed().as_secs_f64());
+    let unclean = summary::unclean(&rows);
+    if !unclean.is_empty() {
+        bail!(
+            "config(s) with failed runs, non-2xx responses or socket errors: {}",
+            unclean.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn describe_machine(wrk: &std::path::Path, nginx: &std::path::Path) {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!(
+        "  {} cores, Linux {}; load average at the start: {}",
+        procs::cpus(),
+        kernel.trim(),
+        load_average()
+    );
+    println!("  agent: {}", env!("CARGO_BIN_EXE_agent"));
+    let version = |program: &std::path::Path, arg: &str| -> String {
+        procs::command(program)
+            .arg(arg)
+            .output()
+            .ok()
+            .and_then(|out| {
+                // nginx -v writes to stderr, wrk -v to stdout.
+                let text = [out.stdout, out.stderr].concat();
+                String::from_utf8_lossy(&text)
+                    .lines()
+                    .next()
+                    .map(|line| line.trim().to_owned())
+            })
+            .unwrap_or_else(|| format!("{}: version unknown", program.display()))
+    };
+    println!(
+        "  {} ({})",
+        version(nginx, "-v"),
+        match servers::pid_namespace() {
+            Some(_) => "each in a PID namespace of its own, so its worker dies with it",
+            None => "no PID namespace: a SIGKILLed bench may leave nginx workers behind",
+        }
+    );
+    println!("  {}", version(wrk, "-v"));
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// Removes the temporary directories of earlier runs that were killed
+/// before they could clean up (SIGKILL skips every guard; their children
+/// died with them through PR_SET_PDEATHSIG).
+fn sweep_dead_runs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(DIR_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .filter(|pid| pid.parse::<u32>().is_ok())
+        else {
+            continue;
+        };
+        if !PathBuf::from("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
