@@ -1,7 +1,7 @@
 # cluster-relay: everything a fresh machine needs goes through these targets.
 #   make demo   the relays in front of real local control planes, ending with kubectl output
 #   make test   formatting, lints and every test (unit, loopback, real control planes)
-#   make bench  side-by-side benchmarks against peers (socat, haproxy, ...)
+#   make bench  side-by-side benchmarks against peers (socat, haproxy, nginx)
 # hack/install-deps.sh installs system packages and builds kube-apiserver once,
 # cached outside the checkout (CLUSTER_RELAY_CACHE, default /var/cache/cluster-relay).
 
@@ -44,6 +44,7 @@ demo: deps release
 
 bench: deps-bench
 	$(CARGO) bench --locked --bench apiserver_relay
+	$(CARGO) bench --locked --bench service_relay
 
 clean:
 	$(CARGO) clean
