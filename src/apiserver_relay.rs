@@ -14,7 +14,7 @@ pub use self::server::RelayConfig;
 use crate::{
     admin::{self, AdminArgs, AdminState, Readiness},
     kube_client::KubeArgs,
-    managed_kubeconfig::{self, FollowerMetrics, ManagedKubeconfigArgs, Source},
+    managed_kubeconfig::ManagedKubeconfigArgs,
     net,
     shutdown::{Shutdown, ShutdownArgs},
 };
@@ -63,7 +63,8 @@ pub struct Args {
 
 /// Runs the relay until `shutdown` drains and aborts it.
 pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
-    let source = args.managed.source().map_err(anyhow::Error::msg)?;
+    // Checked first, so a missing source is the error a bare invocation gets.
+    args.managed.source().map_err(anyhow::Error::msg)?;
     if args.max_connections == 0 {
         anyhow::bail!("--max-connections must be at least 1");
     }
@@ -87,19 +88,10 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
 
     let registry = Registry::new();
     let readiness = Readiness::default();
-    let client = match source {
-        Source::Secret { .. } => Some(args.kube.client().await?),
-        Source::File(_) => None,
-    };
-    let current = managed_kubeconfig::follow(
-        source,
-        args.managed.managed_context.clone(),
-        args.managed.managed_kubeconfig_poll_interval,
-        client,
-        readiness.check("managed-kubeconfig"),
-        FollowerMetrics::new(&registry),
-    )
-    .await?;
+    let current = args
+        .managed
+        .follow(&args.kube, &readiness, &registry)
+        .await?;
     let metrics = metrics::RelayMetrics::new(&registry);
 
     let _admin = admin::start(

@@ -91,6 +91,33 @@ impl ManagedKubeconfigArgs {
     }
 }
 
+impl ManagedKubeconfigArgs {
+    /// Validates the source and starts following it: the whole start-up of
+    /// a component that uses the managed kubeconfig. The hosting-cluster
+    /// client is built only for a Secret source.
+    pub async fn follow(
+        &self,
+        kube: &crate::kube_client::KubeArgs,
+        readiness: &crate::admin::Readiness,
+        registry: &Registry,
+    ) -> anyhow::Result<Current> {
+        let source = self.source().map_err(anyhow::Error::msg)?;
+        let client = match source {
+            Source::Secret { .. } => Some(kube.client().await?),
+            Source::File(_) => None,
+        };
+        follow(
+            source,
+            self.managed_context.clone(),
+            self.managed_kubeconfig_poll_interval,
+            client,
+            readiness.check("managed-kubeconfig"),
+            FollowerMetrics::new(registry),
+        )
+        .await
+    }
+}
+
 /// A host and port to dial.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {

@@ -34,7 +34,7 @@ use crate::{
     admin::{AdminArgs, AdminState, Readiness},
     http_server::{self, Body, Handler, ServerConfig},
     kube_client::KubeArgs,
-    managed_kubeconfig::{self, FollowerMetrics, ManagedKubeconfigArgs, Source},
+    managed_kubeconfig::ManagedKubeconfigArgs,
     net,
     shutdown::{Shutdown, ShutdownArgs},
 };
@@ -242,20 +242,10 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
             })
         }
         Role::Entry => {
-            let source = args.managed.source().map_err(anyhow::Error::msg)?;
-            let client = match source {
-                Source::Secret { .. } => Some(args.kube.client().await?),
-                Source::File(_) => None,
-            };
-            let current = managed_kubeconfig::follow(
-                source,
-                args.managed.managed_context.clone(),
-                args.managed.managed_kubeconfig_poll_interval,
-                client,
-                readiness.check("managed-kubeconfig"),
-                FollowerMetrics::new(&registry),
-            )
-            .await?;
+            let current = args
+                .managed
+                .follow(&args.kube, &readiness, &registry)
+                .await?;
             Relay::Entry(Entry {
                 mode: Mode::Relayed {
                     current,
