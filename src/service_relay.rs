@@ -179,11 +179,8 @@ impl Handler for Served {
             Relay::Entry(entry) => ("entry", entry.handle(request, peer).await),
             Relay::Exit(exit) => ("exit", exit.handle(request, peer).await),
         };
-        self.metrics.answered(
-            role,
-            response.status().as_u16(),
-            started.elapsed().as_secs_f64(),
-        );
+        self.metrics
+            .answered(role, response.status(), started.elapsed().as_secs_f64());
         response
     }
 }

@@ -7,7 +7,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -20,9 +20,10 @@ use crate::coalesce::Coalescer;
 /// The outcome of checking a caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    Allowed(String),
+    // Arc<str>: a cached verdict is cloned on every request.
+    Allowed(Arc<str>),
     /// Authenticated, but not an allowed caller.
-    NotAllowed(String),
+    NotAllowed(Arc<str>),
     Unauthenticated,
 }
 
@@ -95,8 +96,10 @@ impl Callers {
         .map_err(|err| format!("TokenReview failed: {err}"))?;
         let status = answer.status.unwrap_or_default();
         let verdict = match (status.authenticated, status.user.and_then(|u| u.username)) {
-            (Some(true), Some(user)) if self.allowed.contains(&user) => Verdict::Allowed(user),
-            (Some(true), Some(user)) => Verdict::NotAllowed(user),
+            (Some(true), Some(user)) if self.allowed.contains(&user) => {
+                Verdict::Allowed(user.into())
+            }
+            (Some(true), Some(user)) => Verdict::NotAllowed(user.into()),
             _ => Verdict::Unauthenticated,
         };
         let mut cache = self.cache.lock().expect("cache lock");

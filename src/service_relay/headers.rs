@@ -18,16 +18,32 @@ pub const SERVICE: &str = "Cluster-Proxy-Service";
 pub const PORT: &str = "Cluster-Proxy-Port";
 const PREFIX: &str = "cluster-proxy-";
 
+/// The `Cluster-Proxy-*` names this relay sets, parsed once.
+static KNOWN: [HeaderName; 6] = [
+    HeaderName::from_static("cluster-proxy-authorization"),
+    HeaderName::from_static("cluster-proxy-relay-authorization"),
+    HeaderName::from_static("cluster-proxy-proto"),
+    HeaderName::from_static("cluster-proxy-namespace"),
+    HeaderName::from_static("cluster-proxy-service"),
+    HeaderName::from_static("cluster-proxy-port"),
+];
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// Removes every `Cluster-Proxy-*` header (whatever a client sent), and
 /// returns the value of `Cluster-Proxy-Authorization` it held, if any.
 pub fn take_cluster_proxy_headers(headers: &mut HeaderMap) -> Option<HeaderValue> {
-    let authorization = headers.get(AUTHORIZATION).cloned();
-    let names: Vec<HeaderName> = headers
+    let authorization = headers.remove(&KNOWN[0]);
+    for name in &KNOWN[1..] {
+        headers.remove(name);
+    }
+    // Any other name with the prefix (rare): found, then removed.
+    while let Some(name) = headers
         .keys()
-        .filter(|name| name.as_str().starts_with(PREFIX))
+        .find(|name| name.as_str().starts_with(PREFIX))
         .cloned()
-        .collect();
-    for name in names {
+    {
         headers.remove(name);
     }
     authorization
@@ -85,23 +101,23 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// Appends the peer to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host` unless an earlier hop set them.
 pub fn add_forwarded(headers: &mut HeaderMap, peer: IpAddr, proto: &str) {
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(earlier) => format!("{earlier}, {peer}"),
         None => peer.to_string(),
     };
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert("x-forwarded-for", value);
+        headers.insert(X_FORWARDED_FOR.clone(), value);
     }
-    if !headers.contains_key("x-forwarded-proto") {
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(
-            "x-forwarded-proto",
+            X_FORWARDED_PROTO.clone(),
             HeaderValue::from_static(if proto == "https" { "https" } else { "http" }),
         );
     }
-    if !headers.contains_key("x-forwarded-host")
+    if !headers.contains_key(&X_FORWARDED_HOST)
         && let Some(host) = headers.get(header::HOST).cloned()
     {
-        headers.insert("x-forwarded-host", host);
+        headers.insert(X_FORWARDED_HOST.clone(), host);
     }
 }
 

@@ -61,9 +61,10 @@ impl RelayMetrics {
         }
     }
 
-    pub fn answered(&self, role: &str, code: u16, seconds: f64) {
+    pub fn answered(&self, role: &str, code: http::StatusCode, seconds: f64) {
+        // as_str: the label without an allocation per request.
         self.requests
-            .with_label_values(&[role, &code.to_string()])
+            .with_label_values(&[role, code.as_str()])
             .inc();
         self.duration.with_label_values(&[role]).observe(seconds);
     }
