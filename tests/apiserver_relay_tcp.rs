@@ -259,8 +259,11 @@ fn descriptors_return_to_baseline_after_ten_thousand_connections() {
             && upstream.open() == 0
     })
     .expect("connections closed");
+    // At most the baseline: the admin connection of a metrics poll may be
+    // open at either count, while a leak would add two descriptors for each
+    // connection that leaked.
     wait_until_sync("open files to return to the baseline", DEADLINE, || {
-        relay.agent.open_files() == baseline
+        relay.agent.open_files() <= baseline
     })
     .unwrap_or_else(|err| {
         panic!(
