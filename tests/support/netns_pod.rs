@@ -349,9 +349,15 @@ pub fn host_network_state() -> anyhow::Result<String> {
     state += &run(&["sysctl", &format!("net.ipv4.conf.{uplink}.forwarding")])?;
     // Brief: without address lifetimes, which count down.
     state += &run(&["ip", "-br", "addr", "show", "dev", uplink])?;
+    // Only the host's own routes (uplink and loopback): the pod network's
+    // come and go with the pods of tests running alongside, and while its
+    // interface is being made it may show under a temporary kernel name.
     let routes = run(&["ip", "route", "show", "table", "all"])?;
-    let pod_network = format!(" dev {POD_NETWORK_HOST_IF} ");
-    for route in routes.lines().filter(|r| !r.contains(&pod_network)) {
+    let own = [format!(" dev {uplink} "), " dev lo ".to_owned()];
+    for route in routes
+        .lines()
+        .filter(|r| own.iter().any(|dev| format!("{r} ").contains(dev.as_str())))
+    {
         state += route;
         state.push('\n');
     }
