@@ -120,7 +120,7 @@ fn run(full: bool, only: &[String]) -> anyhow::Result<()> {
     let fd_limit = procs::raise_nofile()?;
     let cpus = Cpus::from_env()?;
     let tools = Tools::find();
-    sweep_dead_runs();
+    procs::sweep_dead_runs(DIR_PREFIX);
     // Dropped last of the locals, after every process writing into it.
     let dir = tempfile::Builder::new()
         .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
@@ -234,28 +234,6 @@ fn run(full: bool, only: &[String]) -> anyhow::Result<()> {
 
 /// Temporary directories are named `<prefix><pid>-<random>`.
 const DIR_PREFIX: &str = "apiserver-relay-bench-";
-
-/// Removes the temporary directories of earlier runs that were killed
-/// before they could clean up (SIGKILL skips every guard; their children
-/// died with them through PR_SET_PDEATHSIG).
-fn sweep_dead_runs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(DIR_PREFIX)
-            .and_then(|rest| rest.split('-').next())
-            .filter(|pid| pid.parse::<u32>().is_ok())
-        else {
-            continue;
-        };
-        if !std::path::Path::new("/proc").join(pid).exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-}
 
 /// A section's result, or `None` after printing why it failed: the other
 /// sections still run and the summary shows what was measured.

@@ -41,7 +41,7 @@ mod summary;
 #[path = "service_relay/wrk.rs"]
 mod wrk;
 
-use std::{path::PathBuf, process::ExitCode, time::Instant};
+use std::{process::ExitCode, time::Instant};
 
 use anyhow::{Context as _, bail};
 
@@ -108,7 +108,7 @@ fn run(full: bool) -> anyhow::Result<()> {
         println!("  {missing}; skipped");
         return Ok(());
     };
-    sweep_dead_runs();
+    procs::sweep_dead_runs(DIR_PREFIX);
     // Dropped last of the locals, after every process writing into it.
     let dir = tempfile::Builder::new()
         .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
@@ -279,26 +279,4 @@ fn load_average() -> String {
                 .join(" ")
         })
         .unwrap_or_else(|_| "unknown".to_owned())
-}
-
-/// Removes the temporary directories of earlier runs that were killed
-/// before they could clean up (SIGKILL skips every guard; their children
-/// died with them through PR_SET_PDEATHSIG).
-fn sweep_dead_runs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(DIR_PREFIX)
-            .and_then(|rest| rest.split('-').next())
-            .filter(|pid| pid.parse::<u32>().is_ok())
-        else {
-            continue;
-        };
-        if !PathBuf::from("/proc").join(pid).exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
 }

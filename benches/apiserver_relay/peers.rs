@@ -107,26 +107,7 @@ pub fn relay(
     let mut proc = Proc::spawn("agent apiserver-relay", command, cpus, Some(&log))?;
 
     // Port 0 everywhere: the relay logs what it bound.
-    let (mut addr, mut admin) = (None, None);
-    procs::wait_for("the relay's listening lines", START_TIMEOUT, || {
-        proc.ensure_running()?;
-        for line in std::fs::read_to_string(&log)?.lines() {
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            if event["message"] != "listening" {
-                continue;
-            }
-            let bound = event["addr"].as_str().and_then(|a| a.parse().ok());
-            match event["listener"].as_str() {
-                Some("relay") => addr = bound,
-                Some("admin") => admin = bound,
-                _ => {}
-            }
-        }
-        Ok(addr.is_some() && admin.is_some())
-    })?;
-    let (addr, admin) = (addr.expect("waited for"), admin.expect("waited for"));
+    let (addr, admin) = procs::agent_addrs(&mut proc, &log, START_TIMEOUT)?;
     procs::wait_for("the relay's /readyz", START_TIMEOUT, || {
         proc.ensure_running()?;
         Ok(http_get(admin, "/readyz").is_ok_and(|(status, _)| status == 200))

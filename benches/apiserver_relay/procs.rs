@@ -412,3 +412,53 @@ fn ours_and_kernel() -> u64 {
         .map(|(_, stat)| stat.ticks)
         .sum()
 }
+
+/// Waits until an agent started with `--log-format json` (logging to `log`)
+/// has logged the addresses its `relay` and `admin` listeners bound.
+pub fn agent_addrs(
+    proc: &mut Proc,
+    log: &std::path::Path,
+    timeout: std::time::Duration,
+) -> anyhow::Result<(std::net::SocketAddr, std::net::SocketAddr)> {
+    let (mut addr, mut admin) = (None, None);
+    wait_for("the agent's listening lines", timeout, || {
+        proc.ensure_running()?;
+        for line in std::fs::read_to_string(log)?.lines() {
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if event["message"] != "listening" {
+                continue;
+            }
+            let bound = event["addr"].as_str().and_then(|a| a.parse().ok());
+            match event["listener"].as_str() {
+                Some("relay") => addr = bound,
+                Some("admin") => admin = bound,
+                _ => {}
+            }
+        }
+        Ok(addr.is_some() && admin.is_some())
+    })?;
+    Ok((addr.expect("waited for"), admin.expect("waited for")))
+}
+
+/// Removes temporary directories named `<prefix><pid>-…` whose process is
+/// gone: what a bench that was killed left behind.
+pub fn sweep_dead_runs(prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split('-').next())
+            .filter(|pid| pid.parse::<u32>().is_ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
