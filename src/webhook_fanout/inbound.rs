@@ -65,21 +65,44 @@ enum Read {
     Broken,
 }
 
-/// Reads a body, stopping as soon as it passes `limit`.
+/// Bytes per page of a body being read.
+const PAGE: usize = 1 << 20;
+
+/// Reads a body, stopping as soon as it passes `limit`. Frames are copied
+/// into 1 MiB pages (a frame would otherwise pin the connection's larger
+/// read buffer) and joined once at the end, so what is held while reading
+/// stays within a page of what arrived.
 async fn read_capped(mut body: Incoming, limit: usize) -> Read {
-    let mut buffer = BytesMut::new();
+    let mut pages: Vec<Vec<u8>> = Vec::new();
+    let mut total = 0usize;
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {
             return Read::Broken;
         };
-        if let Ok(data) = frame.into_data() {
-            if buffer.len() + data.len() > limit {
-                return Read::TooLarge;
+        let Ok(mut data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len();
+        if total > limit {
+            return Read::TooLarge;
+        }
+        while !data.is_empty() {
+            if pages.last().is_none_or(|p| p.len() == p.capacity()) {
+                pages.push(Vec::with_capacity(PAGE.min(limit)));
             }
-            buffer.extend_from_slice(&data);
+            let page = pages.last_mut().expect("a page was just ensured");
+            let take = (page.capacity() - page.len()).min(data.len());
+            page.extend_from_slice(&data.split_to(take));
         }
     }
-    Read::Whole(buffer.freeze())
+    if pages.len() == 1 {
+        return Read::Whole(Bytes::from(pages.pop().expect("one page")));
+    }
+    let mut whole = BytesMut::with_capacity(total);
+    for page in pages {
+        whole.extend_from_slice(&page);
+    }
+    Read::Whole(whole.freeze())
 }
 
 impl Handler for Inbound {

@@ -298,11 +298,7 @@ fn writer(db: Database, mut rx: mpsc::Receiver<Op>) {
     }
 }
 
-fn apply(
-    db: &Database,
-    group: Vec<Op>,
-    replies: &mut Replies,
-) -> Result<(), JournalError> {
+fn apply(db: &Database, group: Vec<Op>, replies: &mut Replies) -> Result<(), JournalError> {
     let txn = db.begin_write()?;
     {
         let mut deliveries = txn.open_table(DELIVERIES)?;

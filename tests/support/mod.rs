@@ -11,6 +11,7 @@
 //! - [`TlsFiles`]: a CA and a server certificate from openssl, `tls.rs`
 //! - [`wait_until`] and friends: `wait.rs`
 //! - [`agent`]: the `agent` binary run as a process
+//! - [`hook_sink`]: recording webhook receivers
 //! - [`http_client`]: whole HTTP answers from components and apiservers
 //! - child processes, network namespaces and the per-run directory, cleaned
 //!   up however the test binary ends: `procs.rs`
@@ -26,6 +27,7 @@ pub mod agent;
 mod controlplane;
 pub mod echo;
 mod forward;
+pub mod hook_sink;
 pub mod http_client;
 mod netns_pod;
 mod pod_objects;
