@@ -13,7 +13,7 @@ export KUBE_APISERVER ?= $(or $(CLUSTER_RELAY_CACHE),/var/cache/cluster-relay)/k
 all: build
 
 deps:
-	bash hack/install-deps.sh
+	bash hack/install-deps.sh --helm
 
 deps-bench:
 	bash hack/install-deps.sh --bench

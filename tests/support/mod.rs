@@ -11,6 +11,8 @@
 //! - [`TlsFiles`]: a CA and a server certificate from openssl, `tls.rs`
 //! - [`wait_until`] and friends: `wait.rs`
 //! - [`agent`]: the `agent` binary run as a process
+//! - [`chart`]: the Helm chart rendered and linted (`hack/chart.py`), its
+//!   objects applied, its containers' flags checked against the binary
 //! - child processes, network namespaces and the per-run directory, cleaned
 //!   up however the test binary ends: `procs.rs`
 //!
@@ -22,6 +24,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod agent;
+pub mod chart;
 mod controlplane;
 pub mod echo;
 mod forward;
