@@ -395,7 +395,7 @@ fn the_chart_rbac_grants_what_each_component_needs_and_no_more() {
         (&["delete", "secret/cluster-relay-managed-kubeconfig"], true),
         (&["get", "secret/some-other-secret"], false),
         (&["list", "secrets"], false),
-        (&["create", "leases"], true),
+        (&["create", "leases"], false),
         (&["update", "lease/cluster-relay-provisioner"], true),
         (&["update", "lease/someone-elses"], false),
         (&["create", "configmaps"], false),
