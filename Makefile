@@ -1,5 +1,5 @@
 # cluster-relay: everything a fresh machine needs goes through these targets.
-#   make demo   the relays in front of real local control planes, ending with kubectl output
+#   make demo   the hosted topology from the Helm chart on real local control planes
 #   make test   formatting, lints and every test (unit, loopback, real control planes)
 #   make bench  side-by-side benchmarks against peers (socat, haproxy, nginx)
 # hack/install-deps.sh installs system packages and builds kube-apiserver once,
@@ -39,8 +39,8 @@ unit:
 test: deps fmt-check lint
 	$(CARGO) test --locked --lib --bins --tests
 
-demo: deps release
-	bash hack/demo.sh target/release/agent
+demo: deps
+	bash hack/demo.sh
 
 bench: deps-bench
 	$(CARGO) bench --locked --bench apiserver_relay

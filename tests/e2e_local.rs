@@ -290,6 +290,15 @@ fn end_to_end() -> anyhow::Result<()> {
     }
 
     println!("== the framework's part: the source Secret exists, the manifests are applied");
+    for location in ["hosting", "managed"] {
+        let mut ids: Vec<String> = objects
+            .iter()
+            .filter(|o| o.location == location)
+            .map(Rendered::id)
+            .collect();
+        ids.sort();
+        println!("   {location}: {}", ids.join(", "));
+    }
     hosting.ensure_namespace(HOSTING_NS)?;
     hosting.kubectl_ok(&[
         "create",
@@ -328,7 +337,7 @@ fn end_to_end() -> anyhow::Result<()> {
         provisioned(hosting)
     })?;
     println!(
-        "   {HOSTING_NS}/{TARGET} written ({})",
+        "   the given admin kubeconfig became {HOSTING_NS}/{TARGET}, whose only credential is a short-lived ServiceAccount token ({})",
         &first_hash[..12.min(first_hash.len())]
     );
 
@@ -343,7 +352,7 @@ fn end_to_end() -> anyhow::Result<()> {
     )?;
     anyhow::ensure!(out.trim() == format!("namespace/{MANAGED_NS}"), "{out}");
     println!(
-        "   kubectl get namespace {MANAGED_NS} via {relay}: {}",
+        "   kubectl --server https://{relay} get namespace {MANAGED_NS}: {} (TLS end to end with the managed apiserver)",
         out.trim()
     );
 
@@ -375,7 +384,7 @@ fn end_to_end() -> anyhow::Result<()> {
         "{headers:?}"
     );
     println!(
-        "   GET .../services/http:echo:8080/proxy/hello via {entry_addr}: 200, the caller's Authorization arrived"
+        "   GET http://{entry_addr}/api/v1/namespaces/apps/services/http:echo:8080/proxy/hello: 200 from the echo Service on the managed cluster, with the caller's own Authorization"
     );
 
     println!("== 3. cached reads through the read cache");
@@ -426,7 +435,7 @@ fn end_to_end() -> anyhow::Result<()> {
         failed.first()
     );
     println!(
-        "   {} rotations, {ok} requests, none failed",
+        "   the token was replaced {} times; {ok} requests through the relays meanwhile, none failed",
         seen.len() - 1
     );
 
@@ -466,7 +475,9 @@ fn end_to_end() -> anyhow::Result<()> {
     )?;
     chart::delete(managed, &placed("managed"))?;
     nothing_left(hosting, managed)?;
-    println!("   nothing of ours is left on either cluster");
+    println!(
+        "   the cleanup Job's command stopped the provisioner's writes and removed what it made; with the manifests gone, nothing of ours is left on either cluster"
+    );
     Ok(())
 }
 
