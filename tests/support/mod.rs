@@ -13,6 +13,8 @@
 //! - [`agent`]: the `agent` binary run as a process
 //! - [`hook_sink`]: recording webhook receivers
 //! - [`http_client`]: whole HTTP answers from components and apiservers
+//! - [`chart`]: the Helm chart rendered and linted (`hack/chart.py`), its
+//!   objects applied, its containers' flags checked against the binary
 //! - child processes, network namespaces and the per-run directory, cleaned
 //!   up however the test binary ends: `procs.rs`
 //!
@@ -24,6 +26,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod agent;
+pub mod chart;
 mod controlplane;
 pub mod echo;
 mod forward;
