@@ -41,7 +41,7 @@ use support::{
 
 /// Set to true once `agent read-cache` is merged: its step then fails
 /// instead of being skipped when the subcommand is missing.
-const READ_CACHE_REQUIRED: bool = false;
+const READ_CACHE_REQUIRED: bool = true;
 
 const DEADLINE: Duration = Duration::from_secs(90);
 const HOSTING_NS: &str = "klusterlet-c1";
@@ -550,11 +550,11 @@ fn cached_reads(
     anyhow::ensure!(bodies[0] == bodies[1], "the cached read differs");
     let (_, metrics) = http_get(cache.addr(ADMIN_PORT), "/metrics")?;
     anyhow::ensure!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("cluster_relay_read_cache")
-                && l.contains("hit")
-                && !l.ends_with(" 0")),
+        metrics.lines().any(
+            |l| l.starts_with("cluster_relay_read_cache_requests_total{")
+                && l.contains(r#"cache="fresh_hit""#)
+                && !l.ends_with(" 0")
+        ),
         "no cache hit counted:\n{metrics}"
     );
     // A caller without the right is refused, cached or not.
