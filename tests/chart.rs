@@ -309,11 +309,53 @@ fn the_schema_and_the_templates_refuse_what_cannot_work() {
             json!({"readCache": {"profile": "etag"}}),
             "readCache.upstream",
         ),
+        (
+            json!({"manifests": "hub", "webhookFanout": {"enabled": true}}),
+            "webhookFanout.secretName",
+        ),
+        (
+            json!({"webhookFanout": {"backends": ["ftp://x"]}}),
+            "webhookFanout",
+        ),
     ] {
         let err = chart::render(&[chart_file("ci/hosted-values.yaml")], &set, "x")
             .expect_err(&format!("{set} renders"));
         assert!(format!("{err:#}").contains(says), "{set}: {err:#}");
     }
+}
+
+/// The webhook fan-out is a hub component: rendered only with manifests=hub
+/// (never once per managed cluster), its flags are ones the binary
+/// accepts, and its objects are accepted by a real apiserver.
+#[test]
+fn the_hub_fanout_renders_alone_and_only_with_manifests_hub() {
+    let on = json!({"webhookFanout": {"enabled": true, "secretName": "s"}});
+    for manifests in ["all", "hosting", "managed"] {
+        let mut set = on.clone();
+        set["manifests"] = json!(manifests);
+        let objects = render(&[chart_file("ci/hosted-values.yaml")], set, "x");
+        assert!(
+            !objects.iter().any(|o| o.name().contains("webhook-fanout")),
+            "rendered with manifests={manifests}"
+        );
+    }
+    let hub = render(&[chart_file("ci/hub-values.yaml")], Value::Null, "cluster-relay-hub");
+    assert!(hub.iter().all(|o| o.name().contains("webhook-fanout")));
+    assert!(hub.iter().all(|o| o.location.is_empty()), "hub objects are not add-on manifests");
+    let deployment = find(&hub, "Deployment", "cluster-relay-webhook-fanout");
+    let args = args_of(deployment.containers()[0]);
+    check_flags(&args).unwrap_or_else(|err| panic!("{err:#}"));
+    assert!(args.iter().any(|a| a == "--enable-dynamic-backends"));
+    assert_eq!(
+        args.iter().filter(|a| a.starts_with("--backend=")).count(),
+        2,
+        "{args:?}"
+    );
+    let plane = shared("hosting");
+    plane.ensure_namespace("cluster-relay-hub").expect("namespace");
+    let all: Vec<&Rendered> = hub.iter().collect();
+    let out = chart::apply(plane, &all).unwrap_or_else(|err| panic!("{err:#}"));
+    assert_eq!(out.lines().count(), hub.len(), "{out}");
 }
 
 /// Applies each location's manifests of `objects` to its plane.
