@@ -339,9 +339,16 @@ fn the_hub_fanout_renders_alone_and_only_with_manifests_hub() {
             "rendered with manifests={manifests}"
         );
     }
-    let hub = render(&[chart_file("ci/hub-values.yaml")], Value::Null, "cluster-relay-hub");
+    let hub = render(
+        &[chart_file("ci/hub-values.yaml")],
+        Value::Null,
+        "cluster-relay-hub",
+    );
     assert!(hub.iter().all(|o| o.name().contains("webhook-fanout")));
-    assert!(hub.iter().all(|o| o.location.is_empty()), "hub objects are not add-on manifests");
+    assert!(
+        hub.iter().all(|o| o.location.is_empty()),
+        "hub objects are not add-on manifests"
+    );
     let deployment = find(&hub, "Deployment", "cluster-relay-webhook-fanout");
     let args = args_of(deployment.containers()[0]);
     check_flags(&args).unwrap_or_else(|err| panic!("{err:#}"));
@@ -352,7 +359,9 @@ fn the_hub_fanout_renders_alone_and_only_with_manifests_hub() {
         "{args:?}"
     );
     let plane = shared("hosting");
-    plane.ensure_namespace("cluster-relay-hub").expect("namespace");
+    plane
+        .ensure_namespace("cluster-relay-hub")
+        .expect("namespace");
     let all: Vec<&Rendered> = hub.iter().collect();
     let out = chart::apply(plane, &all).unwrap_or_else(|err| panic!("{err:#}"));
     assert_eq!(out.lines().count(), hub.len(), "{out}");

@@ -420,6 +420,17 @@ pub fn agent_addrs(
     log: &std::path::Path,
     timeout: std::time::Duration,
 ) -> anyhow::Result<(std::net::SocketAddr, std::net::SocketAddr)> {
+    agent_listener_addrs(proc, log, "relay", timeout)
+}
+
+/// The addresses of the agent's `listener` (as it names it in its
+/// "listening" line: relay, cache, webhook) and of its admin server.
+pub fn agent_listener_addrs(
+    proc: &mut Proc,
+    log: &std::path::Path,
+    listener: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<(std::net::SocketAddr, std::net::SocketAddr)> {
     let (mut addr, mut admin) = (None, None);
     wait_for("the agent's listening lines", timeout, || {
         proc.ensure_running()?;
@@ -432,8 +443,8 @@ pub fn agent_addrs(
             }
             let bound = event["addr"].as_str().and_then(|a| a.parse().ok());
             match event["listener"].as_str() {
-                Some("relay") => addr = bound,
                 Some("admin") => admin = bound,
+                Some(name) if name == listener => addr = bound,
                 _ => {}
             }
         }
