@@ -8,6 +8,7 @@
 //!   the pod-to-host relay in `forward.rs`
 //! - [`EchoPod`], [`EchoServer`], [`WsClient`]: the echo upstream (`echo.py`)
 //!   in a pod or on loopback, `echo.rs`
+//! - [`forge::Forge`]: a stand-in for GitHub's REST API, `forge.rs`
 //! - [`TlsFiles`]: a CA and a server certificate from openssl, `tls.rs`
 //! - [`wait_until`] and friends: `wait.rs`
 //! - [`agent`]: the `agent` binary run as a process
@@ -24,6 +25,7 @@
 pub mod agent;
 mod controlplane;
 pub mod echo;
+pub mod forge;
 mod forward;
 mod netns_pod;
 mod pod_objects;
