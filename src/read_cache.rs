@@ -8,5 +8,6 @@
 //! - [`crate::coalesce`] (shared): the lock that merges concurrent identical
 //!   misses.
 
+pub mod etag;
 pub mod key;
 pub mod store;
