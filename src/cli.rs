@@ -4,7 +4,9 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::{apiserver_relay, provisioner, service_relay, shutdown::Shutdown, telemetry::LogArgs};
+use crate::{
+    apiserver_relay, provisioner, read_cache, service_relay, shutdown::Shutdown, telemetry::LogArgs,
+};
 
 /// Relays for hosted-mode Kubernetes add-ons: the hosting cluster does the
 /// relay work for a managed cluster that runs no agent of its own.
@@ -69,6 +71,22 @@ pub enum Command {
     /// caller's Authorization and forwards to the Service. Bodies stream both
     /// ways; WebSocket and other upgrades pass through.
     ServiceRelay(service_relay::Args),
+
+    /// Caching reverse proxy for GET traffic, safe across users.
+    ///
+    /// --profile kubernetes stands in front of the managed kube-apiserver
+    /// (the managed kubeconfig, as for apiserver-relay): every GET is first
+    /// authorized for its caller by the apiserver (a SelfSubjectAccessReview
+    /// with the caller's own token, reused --authz-cache-ttl), and only then
+    /// served from the cache, which is shared by every allowed caller.
+    /// Denied and unauthenticated callers, watches, writes and subresources
+    /// go to the apiserver untouched; writes drop what they touch, and
+    /// --watch-resource types are kept current by watches. --profile etag
+    /// stands in front of ETag APIs such as GitHub's: entries per
+    /// credential, fresh for --cache-ttl, then revalidated. Every response
+    /// says how it was served in its cluster-relay-cache header (fresh_hit,
+    /// revalidated_hit, miss, coalesced, bypass).
+    ReadCache(read_cache::Args),
 }
 
 /// Runs a subcommand until it finishes or a shutdown signal ends it.
@@ -81,6 +99,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::ServiceRelay(args) => {
             let shutdown = Shutdown::on_signals(args.shutdown.grace_period)?;
             service_relay::run(args, shutdown).await
+        }
+        Command::ReadCache(args) => {
+            let shutdown = Shutdown::on_signals(args.shutdown.grace_period)?;
+            read_cache::run(args, shutdown).await
         }
         Command::ProvisionKubeconfig(args) => {
             let shutdown = Shutdown::on_signals(args.shutdown.grace_period)?;

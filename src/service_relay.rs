@@ -9,7 +9,7 @@ mod caller;
 mod directory;
 mod entry;
 mod exit;
-mod forward;
+pub(crate) mod forward;
 mod headers;
 mod metrics;
 mod target;

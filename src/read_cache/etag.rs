@@ -20,7 +20,6 @@
 
 pub mod client;
 pub mod link;
-mod pending;
 pub mod policy;
 pub mod upstream;
 
@@ -33,13 +32,14 @@ use http_body_util::{BodyExt, BodyStream, StreamBody};
 use hyper::body::{Frame, Incoming};
 use tokio::time::Instant;
 
-pub use self::pending::{Common, Served};
 use self::{
     client::{FetchError, UpstreamClient},
     upstream::{AllowList, Upstream},
 };
 use super::{
+    Common,
     key::{CacheKey, KeySpec},
+    served::Served,
     store::{CachedResponse, Freshness, Store},
 };
 use crate::{
@@ -49,6 +49,7 @@ use crate::{
 
 /// Flags of the ETag profile (`agent read-cache --profile etag`).
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Etag profile")]
 pub struct EtagArgs {
     /// ETag profile: an upstream base URL requests may go to, such as
     /// https://api.github.com or https://ghe.example.com/api/v3. Repeat or

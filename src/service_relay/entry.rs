@@ -8,18 +8,16 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
-use base64::Engine as _;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use secrecy::ExposeSecret;
 
 use super::{
-    directory::{Directory, Resolution, host},
+    directory::{Directory, host},
     exit::lookup_response,
-    forward::{Limits, Upstream, UpstreamConfig, roots_from_pem},
+    forward::{Limits, Upstream},
     headers::{self, take_cluster_proxy_headers},
     metrics::RelayMetrics,
     target::{self, Target},
@@ -199,37 +197,7 @@ impl Entry {
         {
             return Ok(upstream.clone());
         }
-        let cluster = kubeconfig.cluster().cloned().unwrap_or_default();
-        if cluster.insecure_skip_tls_verify == Some(true) {
-            return Err(super::forward::TlsError::Insecure.to_string());
-        }
-        let pem = match (
-            &cluster.certificate_authority_data,
-            &cluster.certificate_authority,
-        ) {
-            (Some(data), _) => base64::engine::general_purpose::STANDARD
-                .decode(data.trim())
-                .map_err(|err| format!("certificate-authority-data: {err}"))?,
-            (None, Some(path)) => {
-                std::fs::read(path).map_err(|err| format!("certificate-authority {path}: {err}"))?
-            }
-            (None, None) => return Err("the managed kubeconfig has no CA".into()),
-        };
-        let roots =
-            roots_from_pem(&pem, "the managed kubeconfig's CA").map_err(|err| err.to_string())?;
-        let upstream = Upstream::new(UpstreamConfig {
-            roots,
-            server_name: cluster.tls_server_name.clone(),
-            resolver: Directory::new(
-                None,
-                Resolution::Dns,
-                Default::default(),
-                Duration::from_secs(5),
-            )
-            .resolver(),
-            limits: self.limits,
-        })
-        .map_err(|err| err.to_string())?;
+        let upstream = Upstream::for_kubeconfig(kubeconfig, self.limits)?;
         *slot = Some((kubeconfig.hash.clone(), upstream.clone()));
         Ok(upstream)
     }

@@ -111,6 +111,56 @@ impl Upstream {
         })
     }
 
+    /// An upstream for the managed apiserver of `kubeconfig`: its CA (data
+    /// or file) and TLS server name, looked up by DNS.
+    pub fn for_kubeconfig(
+        kubeconfig: &crate::managed_kubeconfig::ManagedKubeconfig,
+        limits: Limits,
+    ) -> Result<Self, String> {
+        use base64::Engine as _;
+        let cluster = kubeconfig.cluster().cloned().unwrap_or_default();
+        if cluster.insecure_skip_tls_verify == Some(true) {
+            return Err(TlsError::Insecure.to_string());
+        }
+        let pem = match (
+            &cluster.certificate_authority_data,
+            &cluster.certificate_authority,
+        ) {
+            (Some(data), _) => base64::engine::general_purpose::STANDARD
+                .decode(data.trim())
+                .map_err(|err| format!("certificate-authority-data: {err}"))?,
+            (None, Some(path)) => {
+                std::fs::read(path).map_err(|err| format!("certificate-authority {path}: {err}"))?
+            }
+            (None, None) => return Err("the managed kubeconfig has no CA".into()),
+        };
+        let roots =
+            roots_from_pem(&pem, "the managed kubeconfig's CA").map_err(|err| err.to_string())?;
+        Self::new(UpstreamConfig {
+            roots,
+            server_name: cluster.tls_server_name.clone(),
+            resolver: super::directory::Directory::new(
+                None,
+                super::directory::Resolution::Dns,
+                Default::default(),
+                Duration::from_secs(5),
+            )
+            .resolver(),
+            limits,
+        })
+        .map_err(|err| err.to_string())
+    }
+
+    /// Sends a request of our own (its URI absolute) and returns the
+    /// upstream's response, within the response timeout.
+    pub async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, ForwardError> {
+        match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
+            Err(_) => Err(ForwardError::Timeout),
+            Ok(Err(err)) => Err(ForwardError::Upstream(err)),
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+
     /// Sends `request` to `uri` and returns the response to give the client.
     /// `proto` is the scheme the client used, for `X-Forwarded-Proto`.
     pub async fn forward(
