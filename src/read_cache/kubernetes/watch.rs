@@ -49,7 +49,10 @@ pub fn parse_watched(text: &str) -> Result<WatchedType, String> {
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
     };
     let group_ok = !text.contains('.')
-        || valid(group) && !group.starts_with('.') && !group.ends_with('.') && !group.contains("..");
+        || valid(group)
+            && !group.starts_with('.')
+            && !group.ends_with('.')
+            && !group.contains("..");
     if !valid(resource) || resource.contains('.') || !group_ok {
         return Err(format!(
             "{text:?} is not a resource as kubectl writes it (configmaps, deployments.apps)"
