@@ -12,6 +12,7 @@
 //! - [`TlsFiles`]: a CA and a server certificate from openssl, `tls.rs`
 //! - [`wait_until`] and friends: `wait.rs`
 //! - [`agent`]: the `agent` binary run as a process
+//! - [`http_client`]: whole HTTP answers from components and apiservers
 //! - child processes, network namespaces and the per-run directory, cleaned
 //!   up however the test binary ends: `procs.rs`
 //!
@@ -27,6 +28,7 @@ mod controlplane;
 pub mod echo;
 pub mod forge;
 mod forward;
+pub mod http_client;
 mod netns_pod;
 mod pod_objects;
 mod procs;
