@@ -172,12 +172,34 @@ pub struct EtagCache {
     wait_bound: Duration,
 }
 
-/// One request's view of what it is for, computed once.
+/// Where a request that is not a fresh hit goes. Built only then: a hit
+/// needs neither the upstream URI nor the public base of links.
 struct Target<'a> {
     upstream: &'a Upstream,
     uri: http::Uri,
-    /// Where links point back to (`None`: left alone).
-    base: Option<String>,
+}
+
+impl Target<'_> {
+    fn for_request<'a>(upstream: &'a Upstream, request: &http::Uri) -> Option<Target<'a>> {
+        let path_and_query = request.path_and_query().map_or("/", |pq| pq.as_str());
+        let uri = upstream.uri_for(path_and_query).ok()?;
+        Some(Target { upstream, uri })
+    }
+}
+
+/// The answer to a request whose target gives no upstream URI.
+fn no_path() -> Response<Body> {
+    text(StatusCode::BAD_REQUEST, "bad request: no usable path\n")
+}
+
+/// Points `Link` and `Location` of `upstream` back at the cache as the
+/// client reached it (see [`link`]).
+fn point_back(headers: &mut HeaderMap, upstream: &Upstream, request: &HeaderMap) {
+    if (headers.contains_key(header::LINK) || headers.contains_key(header::LOCATION))
+        && let Some(base) = link::public_base(request)
+    {
+        link::rewrite(headers, upstream, &base);
+    }
 }
 
 impl EtagCache {
@@ -243,23 +265,12 @@ impl EtagCache {
                 );
             }
         };
-        let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let uri = match upstream.uri_for(path_and_query) {
-            Ok(uri) => uri,
-            Err(_) => {
-                return (
-                    text(StatusCode::BAD_REQUEST, "bad request: no usable path\n"),
-                    Served::Bypass,
-                );
-            }
-        };
-        let target = Target {
-            upstream,
-            uri,
-            base: link::public_base(&parts.headers),
-        };
         let head = parts.method == Method::HEAD;
         if parts.method != Method::GET && !head {
+            let target = match Target::for_request(upstream, &parts.uri) {
+                Some(target) => target,
+                None => return (no_path(), Served::Bypass),
+            };
             return (self.pass(parts, Some(body), &target).await, Served::Bypass);
         }
         drop(body);
@@ -279,10 +290,14 @@ impl EtagCache {
             && !policy::request_wants_revalidation(&parts.headers)
         {
             return (
-                self.serve(entry, &parts.headers, &target, head),
+                self.serve(entry, &parts.headers, upstream, head),
                 Served::FreshHit,
             );
         }
+        let target = match Target::for_request(upstream, &parts.uri) {
+            Some(target) => target,
+            None => return (no_path(), Served::Bypass),
+        };
         if head {
             return (self.pass(parts, None, &target).await, Served::Bypass);
         }
@@ -317,7 +332,7 @@ impl EtagCache {
                     (true, true) => Served::RevalidatedHit,
                     (true, false) => Served::Miss,
                 };
-                (self.serve(entry, &parts.headers, &target, false), served)
+                (self.serve(entry, &parts.headers, upstream, false), served)
             }
             Fetched::Failed(failure) => (
                 failure.response(),
@@ -343,13 +358,11 @@ impl EtagCache {
         &self,
         entry: &CachedResponse,
         request: &HeaderMap,
-        target: &Target<'_>,
+        upstream: &Upstream,
         head: bool,
     ) -> Response<Body> {
         let mut headers = entry.headers.clone();
-        if let Some(base) = &target.base {
-            link::rewrite(&mut headers, target.upstream, base);
-        }
+        point_back(&mut headers, upstream, request);
         headers.insert(
             header::AGE,
             HeaderValue::from(entry.stored_at.elapsed().as_secs()),
@@ -443,9 +456,7 @@ impl EtagCache {
                 // that will not be kept.
                 self.store.remove(&key);
                 let mut headers = parts.headers;
-                if let Some(base) = &target.base {
-                    link::rewrite(&mut headers, target.upstream, base);
-                }
+                point_back(&mut headers, target.upstream, request);
                 let mut response = Response::new(chain(prefix.freeze(), rest));
                 *response.status_mut() = parts.status;
                 *response.headers_mut() = headers;
@@ -541,6 +552,7 @@ impl EtagCache {
         *request.method_mut() = parts.method;
         *request.uri_mut() = target.uri.clone();
         *request.headers_mut() = self.forward_headers(&parts.headers);
+        let request_headers = parts.headers;
         let response = match self.client.send(request).await {
             Ok(response) => response,
             Err(err) => return self.failed(target, &err).response(),
@@ -554,9 +566,7 @@ impl EtagCache {
         }
         let (mut parts, body) = response.into_parts();
         policy::remove_hop_by_hop(&mut parts.headers);
-        if let Some(base) = &target.base {
-            link::rewrite(&mut parts.headers, target.upstream, base);
-        }
+        point_back(&mut parts.headers, target.upstream, &request_headers);
         parts.version = http::Version::default();
         Response::from_parts(parts, body.map_err(|err| Box::new(err) as BoxError).boxed())
     }
