@@ -12,12 +12,14 @@
 //! - storage and eviction: the shared byte-bounded LRU [`Store`].
 //! - the lock merging misses: the shared [`Coalescer`].
 //! - [`link`]: pagination `Link` (and `Location`) pointed back at the cache.
-//! - [`client`]: the upstream client, with its timeouts.
+//! - [`client`]: the upstream client, with its timeouts; `body`: bodies
+//!   buffered up to `--max-object-bytes`, streamed beyond.
 //!
 //! Other methods pass through unbuffered (a successful one drops the entries
 //! of its path), as do HEADs without a fresh entry and answers larger than
 //! `--max-object-bytes`.
 
+mod body;
 pub mod client;
 pub mod link;
 pub mod policy;
@@ -26,13 +28,13 @@ pub mod upstream;
 use std::{convert::Infallible, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt as _;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, BodyStream, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use self::{
+    body::{Buffered, buffer, chain},
     client::{FetchError, UpstreamClient},
     upstream::{AllowList, Upstream},
 };
@@ -586,34 +588,6 @@ fn partition(headers: &HeaderMap) -> (Vec<u8>, bool) {
         partition.extend_from_slice(value.as_bytes());
     }
     (partition, false)
-}
-
-/// A body read into memory, or the part read before it proved too large.
-enum Buffered {
-    Whole(Bytes),
-    TooLarge(BytesMut, Incoming),
-}
-
-/// Reads `body` up to `limit` bytes.
-async fn buffer(mut body: Incoming, limit: usize) -> Result<Buffered, FetchError> {
-    let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|err| FetchError::Body(err.to_string()))?;
-        if let Ok(data) = frame.into_data() {
-            buf.extend_from_slice(&data);
-            if buf.len() > limit {
-                return Ok(Buffered::TooLarge(buf, body));
-            }
-        }
-    }
-    Ok(Buffered::Whole(buf.freeze()))
-}
-
-/// `prefix` followed by the rest of `body`, streamed.
-fn chain(prefix: Bytes, body: Incoming) -> Body {
-    let first = futures::stream::once(async move { Ok::<_, BoxError>(Frame::data(prefix)) });
-    let rest = BodyStream::new(body).map(|frame| frame.map_err(|err| Box::new(err) as BoxError));
-    BodyExt::boxed(StreamBody::new(first.chain(rest)))
 }
 
 #[cfg(test)]
