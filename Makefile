@@ -1,5 +1,5 @@
 # cluster-relay: everything a fresh machine needs goes through these targets.
-#   make demo   the relays in front of real local control planes, ending with kubectl output
+#   make demo   the hosted topology from the Helm chart on real local control planes
 #   make test   formatting, lints and every test (unit, loopback, real control planes)
 #   make bench  side-by-side benchmarks against peers (socat, haproxy, nginx)
 # hack/install-deps.sh installs system packages and builds kube-apiserver once,
@@ -13,7 +13,7 @@ export KUBE_APISERVER ?= $(or $(CLUSTER_RELAY_CACHE),/var/cache/cluster-relay)/k
 all: build
 
 deps:
-	bash hack/install-deps.sh
+	bash hack/install-deps.sh --helm
 
 deps-bench:
 	bash hack/install-deps.sh --bench
@@ -39,8 +39,8 @@ unit:
 test: deps fmt-check lint
 	$(CARGO) test --locked --lib --bins --tests
 
-demo: deps release
-	bash hack/demo.sh target/release/agent
+demo: deps
+	bash hack/demo.sh
 
 bench: deps-bench
 	$(CARGO) bench --locked --bench apiserver_relay

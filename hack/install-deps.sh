@@ -66,9 +66,14 @@ if [ "$want_bench" = 1 ]; then
 fi
 
 if [ "$want_helm" = 1 ]; then
-  python3 -c 'import helm_python_sdk' 2>/dev/null || {
+  # The distribution is helm-python-sdk, the module helm_python. Installed for
+  # the python3 on PATH, which is what hack/chart.py runs with; Debian's own
+  # python3 needs python3-pip and refuses system-wide pip installs unless told.
+  python3 -c 'import helm_python' 2>/dev/null || {
+    python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
     log "pip install helm-python-sdk"
-    pip install -q helm-python-sdk
+    python3 -m pip install -q helm-python-sdk ||
+      python3 -m pip install -q --break-system-packages helm-python-sdk
   }
 fi
 

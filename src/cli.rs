@@ -5,7 +5,8 @@
 use clap::{Parser, Subcommand};
 
 use crate::{
-    apiserver_relay, provisioner, read_cache, service_relay, shutdown::Shutdown, telemetry::LogArgs,
+    apiserver_relay, provisioner, read_cache, service_relay, shutdown::Shutdown,
+    telemetry::LogArgs, webhook_fanout,
 };
 
 /// Relays for hosted-mode Kubernetes add-ons: the hosting cluster does the
@@ -87,6 +88,22 @@ pub enum Command {
     /// says how it was served in its cluster-relay-cache header (fresh_hit,
     /// revalidated_hit, miss, coalesced, bypass).
     ReadCache(read_cache::Args),
+
+    /// One forge webhook in, every backend out, nothing lost.
+    ///
+    /// Takes POST / and POST /proxy, checks X-Hub-Signature-256 (HMAC-SHA256
+    /// of the body with the secret from --secret-file or
+    /// CLUSTER_RELAY_WEBHOOK_SECRET) before anything else, caps the body
+    /// while reading it (--max-body-bytes), writes the delivery to an
+    /// on-disk queue (--queue-dir) and answers 202 at once. Every backend
+    /// (--backend, --backends-file) then gets it concurrently with its
+    /// original headers; failed sends are retried with backoff and jitter,
+    /// also after a restart, until --retry-max-age. The same
+    /// X-GitHub-Delivery is fanned out once. With --enable-dynamic-backends,
+    /// GET/POST /backends and DELETE /backends/NAME change the backends at
+    /// runtime for callers with --admin-token-file's token or an
+    /// --admin-user identity.
+    WebhookFanout(webhook_fanout::Args),
 }
 
 /// Runs a subcommand until it finishes or a shutdown signal ends it.
@@ -103,6 +120,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::ReadCache(args) => {
             let shutdown = Shutdown::on_signals(args.shutdown.grace_period)?;
             read_cache::run(args, shutdown).await
+        }
+        Command::WebhookFanout(args) => {
+            let shutdown = Shutdown::on_signals(args.shutdown.grace_period)?;
+            webhook_fanout::run(args, shutdown).await
         }
         Command::ProvisionKubeconfig(args) => {
             let shutdown = Shutdown::on_signals(args.shutdown.grace_period)?;

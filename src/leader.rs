@@ -173,6 +173,68 @@ impl Leadership {
     }
 }
 
+/// Takes the lease for `hold` whoever holds it now, for a process that must
+/// stop every replica from writing without stopping the replicas: the
+/// pre-delete cleanup, which runs while the provisioner's Deployment still
+/// does. A leader that reads the Lease next (within its retry period) finds
+/// a live holder other than itself and stops; one that cannot read it stops
+/// at its renew deadline. So once `config`'s renew deadline has passed after
+/// this returns, no replica that uses the same timings is writing, and none
+/// takes over until `hold` has passed. Creates the Lease if it is missing.
+pub async fn seize(
+    client: kube::Client,
+    config: &LeaderConfig,
+    hold: std::time::Duration,
+) -> Result<(), kube::Error> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::api::{Api, ObjectMeta, PostParams};
+
+    let api: Api<Lease> = Api::namespaced(client, &config.namespace);
+    let params = PostParams::default();
+    // Renewals conflict at most once per retry period: a few tries suffice.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let result = match api.get_opt(&config.lease_name).await? {
+            None => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(config.lease_name.clone()),
+                        namespace: Some(config.namespace.clone()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(record::claim(
+                        None,
+                        &config.identity,
+                        hold,
+                        SystemTime::now(),
+                    )),
+                };
+                api.create(&params, &lease).await.map(drop)
+            }
+            Some(mut lease) => {
+                let read = lease.spec.take().unwrap_or_default();
+                lease.spec = Some(record::claim(
+                    Some(&read),
+                    &config.identity,
+                    hold,
+                    SystemTime::now(),
+                ));
+                // Carries the resourceVersion read: a renewal in between
+                // conflicts, and the loop reads again.
+                api.replace(&config.lease_name, &params, &lease)
+                    .await
+                    .map(drop)
+            }
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(kube::Error::Api(status)) if status.is_conflict() && tries < 10 => continue,
+            Err(err) => return Err(err),
+        }
+    }
+}
+
 impl Drop for Leadership {
     fn drop(&mut self) {
         if let Mode::Elected { task, .. } = &self.mode {

@@ -20,7 +20,9 @@
 //!   the managed apiserver, with the caller's Authorization restored.
 //! - [`provisioner`]: `agent provision-kubeconfig`, short-lived managed
 //!   kubeconfigs from a given admin kubeconfig.
-//! - [`read_cache`]: `agent read-cache`, a caching GET proxy (engine parts so far).
+//! - [`read_cache`]: `agent read-cache`, a caching GET proxy safe across users.
+//! - [`webhook_fanout`]: `agent webhook-fanout`, one signed webhook in, every
+//!   backend out, from a durable queue.
 
 pub mod admin;
 pub mod apiserver_relay;
@@ -37,3 +39,4 @@ pub mod secret_watch;
 pub mod service_relay;
 pub mod shutdown;
 pub mod telemetry;
+pub mod webhook_fanout;

@@ -13,7 +13,7 @@ mod target;
 
 use std::time::Duration;
 
-use k8s_openapi::api::{coordination::v1::Lease, core::v1::Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, api::DeleteParams};
 use prometheus::Registry;
 
@@ -296,14 +296,13 @@ impl Args {
 pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     let config = args.config()?;
     // Validates the leader-election flags before anything is touched.
-    let lease_namespace = args
+    let lease = args
         .leader
         .config(&config.namespace)
-        .map_err(|err| anyhow::anyhow!("{err}"))?
-        .map(|lease| (lease.namespace.clone(), lease.lease_name.clone()));
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
     let hosting = args.kube.client().await?;
     if args.cleanup {
-        return cleanup(&config, hosting, lease_namespace).await;
+        return cleanup(&config, hosting, lease).await;
     }
     let hub = match &args.hub.hub_kubeconfig {
         Some(path) => {
@@ -360,20 +359,43 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long `--cleanup` holds the Lease: replicas still running stay idle
+/// for this long, enough for the add-on framework or Helm to remove their
+/// Deployment after the pre-delete Job.
+const CLEANUP_LEASE_HOLD: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// `--cleanup`: the target Secret on the hosting cluster, then what was made
 /// on the managed cluster (through the source kubeconfig).
+///
+/// The pre-delete Job runs while the provisioner still does, which would
+/// write everything again. With leader election the cleanup first seizes
+/// the Lease for [`CLEANUP_LEASE_HOLD`] and waits out the renew deadline,
+/// after which no replica writes. The Lease stays, held: it goes with the
+/// chart's manifests (the chart renders it).
 async fn cleanup(
     config: &Config,
     hosting: kube::Client,
-    lease: Option<(String, String)>,
+    lease: Option<crate::leader::LeaderConfig>,
 ) -> anyhow::Result<()> {
-    if let Some((namespace, name)) = lease {
-        let leases: Api<Lease> = Api::namespaced(hosting.clone(), &namespace);
-        match leases.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => tracing::info!(lease = %name, "deleted the leader-election Lease"),
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(err) => anyhow::bail!("deleting the Lease {namespace}/{name}: {err}"),
-        }
+    if let Some(lease) = lease {
+        crate::leader::seize(hosting.clone(), &lease, CLEANUP_LEASE_HOLD)
+            .await
+            .map_err(|err| {
+                anyhow::anyhow!(
+                    "seizing the Lease {}/{}: {err}",
+                    lease.namespace,
+                    lease.lease_name
+                )
+            })?;
+        let wait = lease.timings.renew_deadline();
+        tracing::info!(
+            lease = %lease.lease_name,
+            wait = %humantime::format_duration(wait),
+            "holding the leader-election Lease; waiting out the renew deadline so that no replica writes"
+        );
+        // A lease protocol's fence: a leader that has not renewed within
+        // its renew deadline has stopped writing.
+        tokio::time::sleep(wait).await;
     }
     let secrets: Api<Secret> = Api::namespaced(hosting, &config.namespace);
     let removed_target = match secrets

@@ -5,8 +5,8 @@
 //! the caller's `Authorization` and forwards to the Service. Header names
 //! match cluster-proxy's hosted-mode relay.
 
-mod caller;
-mod directory;
+pub(crate) mod caller;
+pub(crate) mod directory;
 mod entry;
 mod exit;
 pub(crate) mod forward;

@@ -12,7 +12,10 @@
 //! - [`TlsFiles`]: a CA and a server certificate from openssl, `tls.rs`
 //! - [`wait_until`] and friends: `wait.rs`
 //! - [`agent`]: the `agent` binary run as a process
+//! - [`hook_sink`]: recording webhook receivers
 //! - [`http_client`]: whole HTTP answers from components and apiservers
+//! - [`chart`]: the Helm chart rendered and linted (`hack/chart.py`), its
+//!   objects applied, its containers' flags checked against the binary
 //! - child processes, network namespaces and the per-run directory, cleaned
 //!   up however the test binary ends: `procs.rs`
 //!
@@ -24,10 +27,12 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod agent;
+pub mod chart;
 mod controlplane;
 pub mod echo;
 pub mod forge;
 mod forward;
+pub mod hook_sink;
 pub mod http_client;
 mod netns_pod;
 mod pod_objects;
