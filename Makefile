@@ -45,6 +45,7 @@ demo: deps
 bench: deps-bench
 	$(CARGO) bench --locked --bench apiserver_relay
 	$(CARGO) bench --locked --bench service_relay
+	$(CARGO) bench --locked --bench read_cache
 	$(CARGO) bench --locked --bench webhook_fanout
 
 clean:

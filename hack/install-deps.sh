@@ -6,6 +6,7 @@
 #     the checkout under $CLUSTER_RELAY_CACHE (default /var/cache/cluster-relay)
 #   - benchmark peers (socat, haproxy, nginx-light, iperf3, wrk) with --bench
 #   - the Helm SDK for Python with --helm
+#   - PyGithub for the read-cache ETag profile tests
 # Prints the path of the cached kube-apiserver on its last line.
 set -euo pipefail
 
@@ -75,6 +76,16 @@ if [ "$want_helm" = 1 ]; then
       python3 -m pip install -q --break-system-packages helm-python-sdk
   }
 fi
+
+# --- PyGithub (read-cache ETag profile tests) --------------------------------
+# tests/read_cache_etag.rs drives PyGithub, a real GitHub client from PyPI,
+# through the cache; it runs the python3 first on PATH, so install for that.
+if ! python3 -c 'import github' 2>/dev/null; then
+  log "pip install PyGithub"
+  python3 -m pip install -q PyGithub 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages PyGithub
+fi
+# --- end PyGithub --------------------------------------------------------------
 
 if [ ! -x "$APISERVER" ]; then
   log "building kube-apiserver $K8S_VERSION from Debian's source package (a few minutes, once)"

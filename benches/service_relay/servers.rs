@@ -86,7 +86,7 @@ pub fn nginx_proxy(dir: &Path, nginx: &Path, upstream: SocketAddr) -> anyhow::Re
 /// The configuration shared by both nginx instances: one worker, no access
 /// log, every path under its own prefix in `dir`; in the foreground
 /// (`daemon off`), so killing the child's process group ends it.
-fn nginx_server(
+pub fn nginx_server(
     dir: &Path,
     nginx: &Path,
     tag: &str,
@@ -182,7 +182,7 @@ pub fn exit_relay(
     Ok(Server { addr, proc })
 }
 
-fn listening(mut proc: Proc, port: u16) -> anyhow::Result<Server> {
+pub fn listening(mut proc: Proc, port: u16) -> anyhow::Result<Server> {
     procs::wait_for(&format!("nginx to listen on {port}"), START_TIMEOUT, || {
         proc.ensure_running()?;
         procs::is_listening(port)

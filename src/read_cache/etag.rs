@@ -1,40 +1,649 @@
-//! The etag profile (GitHub's REST API and alike). Placeholder until the
-//! profile lands: every request is refused with 501.
+//! The ETag profile of `agent read-cache`, for REST APIs such as GitHub's:
+//! GET answers are served from the store while fresh (`--cache-ttl`,
+//! shortened by the upstream's `max-age`), then revalidated with
+//! `If-None-Match` / `If-Modified-Since`; a `304` refreshes the entry (its
+//! rate-limit headers included) and the stored body is served.
+//!
+//! The parts, split the way pingora-cache splits a cache:
+//! - [`upstream`]: the allow-list and the choice of an upstream per request.
+//! - the key: [`KeySpec`] over method, upstream, path, query, `Accept` and
+//!   the `--vary-header`s, partitioned by a hash of the credential.
+//! - [`policy`]: what is stored, for how long, how a 304 merges.
+//! - storage and eviction: the shared byte-bounded LRU [`Store`].
+//! - the lock merging misses: the shared [`Coalescer`].
+//! - [`link`]: pagination `Link` (and `Location`) pointed back at the cache.
+//! - [`client`]: the upstream client, with its timeouts; `body`: bodies
+//!   buffered up to `--max-object-bytes`, streamed beyond.
+//!
+//! Other methods pass through unbuffered (a successful one drops the entries
+//! of its path), as do HEADs without a fresh entry and answers larger than
+//! `--max-object-bytes`.
 
-use std::net::SocketAddr;
+mod body;
+pub mod client;
+pub mod link;
+pub mod policy;
+pub mod upstream;
 
-use http::{Request, Response, StatusCode};
+use std::{convert::Infallible, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
+use tokio::time::Instant;
 
-use super::{Common, served::Served};
-use crate::http_server::{Body, text};
+use self::{
+    body::{Buffered, buffer, chain},
+    client::{FetchError, UpstreamClient},
+    upstream::{AllowList, Upstream},
+};
+use super::{
+    Common,
+    key::{CacheKey, KeySpec},
+    served::Served,
+    store::{CachedResponse, Freshness, Store},
+};
+use crate::{
+    coalesce::{Coalescer, Role},
+    http_server::{Body, BoxError, empty, full, text},
+};
 
-/// Flags of the etag profile.
+/// Flags of the ETag profile (`agent read-cache --profile etag`).
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Etag profile")]
-pub struct EtagArgs {}
+pub struct EtagArgs {
+    /// ETag profile: an upstream base URL requests may go to, such as
+    /// https://api.github.com or https://ghe.example.com/api/v3. Repeat or
+    /// separate with commas for an allow-list; nothing else is ever dialled.
+    #[arg(
+        long = "upstream",
+        env = "CLUSTER_RELAY_UPSTREAMS",
+        value_delimiter = ',',
+        default_value = "https://api.github.com"
+    )]
+    pub upstreams: Vec<String>,
 
-/// The etag profile's cache.
-pub struct EtagCache {}
+    /// ETag profile: a request header whose value (an --upstream URL)
+    /// chooses the upstream per request; without it, the first --upstream.
+    /// A value not on the allow-list is refused with 403. Required with
+    /// more than one --upstream; removed before forwarding.
+    #[arg(long, env = "CLUSTER_RELAY_UPSTREAM_HEADER")]
+    pub upstream_header: Option<String>,
+
+    /// ETag profile: CA bundle (PEM) trusted for https upstreams besides the
+    /// system's trust anchors. Repeat for several files.
+    #[arg(
+        long = "upstream-ca-file",
+        env = "CLUSTER_RELAY_UPSTREAM_CA_FILES",
+        value_delimiter = ','
+    )]
+    pub upstream_ca_files: Vec<PathBuf>,
+
+    /// ETag profile: request headers that change an answer and so are part
+    /// of the cache key, besides Accept and Accept-Encoding (the credential
+    /// partitions the cache anyway). An answer whose Vary names a header
+    /// outside the key is not stored.
+    #[arg(
+        long = "vary-header",
+        env = "CLUSTER_RELAY_VARY_HEADERS",
+        value_delimiter = ',',
+        default_value = "X-GitHub-Api-Version,X-GitHub-OTP,X-Requested-With,Cookie"
+    )]
+    pub vary_headers: Vec<String>,
+}
+
+/// Why the profile cannot start: a flag names the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Upstream(#[from] upstream::UpstreamError),
+    #[error(transparent)]
+    Client(#[from] client::ClientError),
+    #[error("--upstream-header {0:?}: not a header name")]
+    UpstreamHeader(String),
+    #[error("--vary-header {0:?}: not a header name")]
+    VaryHeader(String),
+}
+
+/// What a fetch for one key produced, shared with every caller that waited
+/// for it (see [`Coalescer`]).
+enum Fetched {
+    /// A whole answer in memory, stored or not (a 404 is shared with the
+    /// waiters, never stored).
+    Ready {
+        entry: Arc<CachedResponse>,
+        /// The upstream said 304 to the stored entry's validators.
+        revalidated: bool,
+    },
+    /// Larger than `--max-object-bytes`: the leader streams it to its own
+    /// client; waiters fetch theirs separately.
+    TooLarge,
+    /// The upstream failed; waiters get the same gateway error instead of
+    /// each trying a failing upstream again.
+    Failed(Failure),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    Timeout,
+    Unreachable,
+    BrokenBody,
+}
+
+impl Failure {
+    fn response(self) -> Response<Body> {
+        match self {
+            Failure::Timeout => text(
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway timeout: the upstream did not answer in time\n",
+            ),
+            Failure::Unreachable => text(
+                StatusCode::BAD_GATEWAY,
+                "bad gateway: the upstream could not be reached\n",
+            ),
+            Failure::BrokenBody => text(
+                StatusCode::BAD_GATEWAY,
+                "bad gateway: the upstream's answer broke off\n",
+            ),
+        }
+    }
+}
+
+impl From<&FetchError> for Failure {
+    fn from(err: &FetchError) -> Self {
+        match err {
+            FetchError::Timeout => Failure::Timeout,
+            FetchError::Upstream(_) => Failure::Unreachable,
+            FetchError::Body(_) => Failure::BrokenBody,
+        }
+    }
+}
+
+/// The ETag profile: one per process, shared by all connections.
+pub struct EtagCache {
+    allow: AllowList,
+    spec: KeySpec,
+    store: Arc<Store>,
+    client: UpstreamClient,
+    flights: Coalescer<CacheKey, Arc<Fetched>>,
+    max_object_bytes: usize,
+    ttl: Duration,
+    /// Longest a caller waits on fetches for one request, its own and
+    /// other callers' it joined.
+    wait_bound: Duration,
+}
+
+/// Where a request that is not a fresh hit goes. Built only then: a hit
+/// needs neither the upstream URI nor the public base of links.
+struct Target<'a> {
+    upstream: &'a Upstream,
+    uri: http::Uri,
+}
+
+impl Target<'_> {
+    fn for_request<'a>(upstream: &'a Upstream, request: &http::Uri) -> Option<Target<'a>> {
+        let path_and_query = request.path_and_query().map_or("/", |pq| pq.as_str());
+        let uri = upstream.uri_for(path_and_query).ok()?;
+        Some(Target { upstream, uri })
+    }
+}
+
+/// The answer to a request whose target gives no upstream URI.
+fn no_path() -> Response<Body> {
+    text(StatusCode::BAD_REQUEST, "bad request: no usable path\n")
+}
+
+/// Points `Link` and `Location` of `upstream` back at the cache as the
+/// client reached it (see [`link`]).
+fn point_back(headers: &mut HeaderMap, upstream: &Upstream, request: &HeaderMap) {
+    if (headers.contains_key(header::LINK) || headers.contains_key(header::LOCATION))
+        && let Some(base) = link::public_base(request)
+    {
+        link::rewrite(headers, upstream, &base);
+    }
+}
 
 impl EtagCache {
-    /// Validates the flags.
-    pub fn new(_args: &EtagArgs, _common: Common) -> anyhow::Result<Self> {
-        Ok(Self {})
+    /// Validates the flags and builds the upstream client.
+    pub fn new(args: &EtagArgs, common: Common) -> anyhow::Result<Self> {
+        Ok(Self::build(args, common)?)
     }
 
-    /// Serves one request.
+    fn build(args: &EtagArgs, common: Common) -> Result<Self, ConfigError> {
+        let chooser = args
+            .upstream_header
+            .as_deref()
+            .map(|name| {
+                HeaderName::from_bytes(name.trim().as_bytes())
+                    .map_err(|_| ConfigError::UpstreamHeader(name.to_owned()))
+            })
+            .transpose()?;
+        let allow = AllowList::new(&args.upstreams, chooser)?;
+        let vary = args
+            .vary_headers
+            .iter()
+            .filter(|name| !name.trim().is_empty())
+            .map(|name| {
+                HeaderName::from_bytes(name.trim().as_bytes())
+                    .map_err(|_| ConfigError::VaryHeader(name.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let need_tls = allow
+            .upstreams()
+            .iter()
+            .any(|u| u.origin().starts_with("https:"));
+        let roots = client::roots(&args.upstream_ca_files, need_tls)?;
+        let client = UpstreamClient::new(roots, common.connect_timeout, common.response_timeout)?;
+        Ok(Self {
+            allow,
+            spec: KeySpec::new(vary),
+            store: common.store,
+            client,
+            flights: Coalescer::new(),
+            max_object_bytes: common.max_object_bytes,
+            ttl: common.cache_ttl,
+            wait_bound: common.response_timeout * 2 + common.connect_timeout,
+        })
+    }
+
+    /// Serves one request and says how.
     pub async fn handle(
         &self,
-        _request: Request<Incoming>,
+        request: Request<Incoming>,
         _peer: SocketAddr,
     ) -> (Response<Body>, Served) {
-        (
-            text(
-                StatusCode::NOT_IMPLEMENTED,
-                "the etag profile is not built yet\n",
-            ),
-            Served::Bypass,
+        let (parts, body) = request.into_parts();
+        let upstream = match self.allow.choose(&parts.headers) {
+            Ok(upstream) => upstream,
+            Err(err) => {
+                tracing::info!(error = %err, "refused a request for an upstream off the allow-list");
+                return (
+                    text(
+                        StatusCode::FORBIDDEN,
+                        "forbidden: that upstream is not on this cache's allow-list\n",
+                    ),
+                    Served::Bypass,
+                );
+            }
+        };
+        let head = parts.method == Method::HEAD;
+        if parts.method != Method::GET && !head {
+            let target = match Target::for_request(upstream, &parts.uri) {
+                Some(target) => target,
+                None => return (no_path(), Served::Bypass),
+            };
+            return (self.pass(parts, Some(body), &target).await, Served::Bypass);
+        }
+        drop(body);
+
+        let (partition, anonymous) = partition(&parts.headers);
+        // HEAD shares GET's entries: it is answered from them when fresh.
+        let key = self.spec.key(
+            &Method::GET,
+            upstream.base_url(),
+            &parts.uri,
+            &parts.headers,
+            &partition,
+        );
+        let stored = self.store.get(&key);
+        if let Some(entry) = &stored
+            && entry.freshness.fresh_until > Instant::now()
+            && !policy::request_wants_revalidation(&parts.headers)
+        {
+            return (
+                self.serve(entry, &parts.headers, upstream, head),
+                Served::FreshHit,
+            );
+        }
+        let target = match Target::for_request(upstream, &parts.uri) {
+            Some(target) => target,
+            None => return (no_path(), Served::Bypass),
+        };
+        if head {
+            return (self.pass(parts, None, &target).await, Served::Bypass);
+        }
+
+        let mut own: Option<Response<Body>> = None;
+        let slot = &mut own;
+        let fetch = || {
+            self.fetch(
+                &parts.headers,
+                &target,
+                key.clone(),
+                stored,
+                anonymous,
+                slot,
+            )
+        };
+        let joined = tokio::time::timeout(
+            self.wait_bound,
+            self.flights.get_or_fetch(key.clone(), fetch),
         )
+        .await;
+        let (fetched, role) = match joined {
+            Err(_) => return (Failure::Timeout.response(), Served::Miss),
+            Ok(Ok(joined)) => joined,
+            Ok(Err(never)) => match never {},
+        };
+        let leader = role == Role::Leader;
+        match &*fetched {
+            Fetched::Ready { entry, revalidated } => {
+                let served = match (leader, revalidated) {
+                    (false, _) => Served::Coalesced,
+                    (true, true) => Served::RevalidatedHit,
+                    (true, false) => Served::Miss,
+                };
+                (self.serve(entry, &parts.headers, upstream, false), served)
+            }
+            Fetched::Failed(failure) => (
+                failure.response(),
+                if leader {
+                    Served::Miss
+                } else {
+                    Served::Coalesced
+                },
+            ),
+            Fetched::TooLarge => match own {
+                Some(response) => (response, Served::Miss),
+                // Another caller's answer was too large to share: fetch
+                // this one's without storing it.
+                None => (self.pass(parts, None, &target).await, Served::Miss),
+            },
+        }
+    }
+
+    /// Builds the answer for `entry`: its headers with links pointed back
+    /// at the cache and an `Age`, its body (none for HEAD), or a 304 when
+    /// the client's own validators match.
+    fn serve(
+        &self,
+        entry: &CachedResponse,
+        request: &HeaderMap,
+        upstream: &Upstream,
+        head: bool,
+    ) -> Response<Body> {
+        let mut headers = entry.headers.clone();
+        point_back(&mut headers, upstream, request);
+        headers.insert(
+            header::AGE,
+            HeaderValue::from(entry.stored_at.elapsed().as_secs()),
+        );
+        let (status, body) =
+            if entry.status == StatusCode::OK && policy::client_not_modified(request, &headers) {
+                headers = policy::not_modified_headers(&headers);
+                (StatusCode::NOT_MODIFIED, empty())
+            } else if head {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
+                (entry.status, empty())
+            } else {
+                (entry.status, full(entry.body.clone()))
+            };
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        response
+    }
+
+    /// The leader's fetch for `key`: conditional when a stale entry exists,
+    /// stored when the policy allows, never longer than the response
+    /// timeout. An answer too large to hold is left in `own` for the
+    /// leader to stream.
+    async fn fetch(
+        &self,
+        request: &HeaderMap,
+        target: &Target<'_>,
+        key: CacheKey,
+        stale: Option<Arc<CachedResponse>>,
+        anonymous: bool,
+        own: &mut Option<Response<Body>>,
+    ) -> Result<Arc<Fetched>, Infallible> {
+        let started = Instant::now();
+        let deadline = started + self.client.response_timeout();
+        let mut headers = self.forward_headers(request);
+        // The cache's validators, not the client's: the cache needs a whole
+        // answer it can keep, and answers the client's conditions itself.
+        headers.remove(header::IF_NONE_MATCH);
+        headers.remove(header::IF_MODIFIED_SINCE);
+        if let Some(stale) = &stale {
+            policy::add_validators(
+                &mut headers,
+                stale.freshness.etag.as_ref(),
+                stale.freshness.last_modified.as_ref(),
+            );
+        }
+        let mut upstream_request = Request::new(empty());
+        *upstream_request.uri_mut() = target.uri.clone();
+        *upstream_request.headers_mut() = headers;
+        let response = match self.client.send(upstream_request).await {
+            Ok(response) => response,
+            Err(err) => return Ok(Arc::new(Fetched::Failed(self.failed(target, &err)))),
+        };
+        let (mut parts, body) = response.into_parts();
+        policy::remove_hop_by_hop(&mut parts.headers);
+        let now = Instant::now();
+        if parts.status == StatusCode::NOT_MODIFIED
+            && let Some(stale) = stale
+        {
+            let headers = policy::merge_not_modified(&stale.headers, &parts.headers);
+            let entry = self.entry(stale.status, headers, stale.body.clone(), now, target);
+            self.store.insert(key, entry.clone());
+            return Ok(Arc::new(Fetched::Ready {
+                entry: Arc::new(entry),
+                revalidated: true,
+            }));
+        }
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let body = if declared.is_some_and(|n| n > self.max_object_bytes as u64) {
+            Buffered::TooLarge(BytesMut::new(), body)
+        } else {
+            match tokio::time::timeout_at(deadline, buffer(body, self.max_object_bytes)).await {
+                Err(_) => {
+                    return Ok(Arc::new(Fetched::Failed(
+                        self.failed(target, &FetchError::Timeout),
+                    )));
+                }
+                Ok(Err(err)) => return Ok(Arc::new(Fetched::Failed(self.failed(target, &err)))),
+                Ok(Ok(body)) => body,
+            }
+        };
+        let body = match body {
+            Buffered::Whole(body) => body,
+            Buffered::TooLarge(prefix, rest) => {
+                // What is stored under this key is superseded by an answer
+                // that will not be kept.
+                self.store.remove(&key);
+                let mut headers = parts.headers;
+                point_back(&mut headers, target.upstream, request);
+                let mut response = Response::new(chain(prefix.freeze(), rest));
+                *response.status_mut() = parts.status;
+                *response.headers_mut() = headers;
+                *own = Some(response);
+                return Ok(Arc::new(Fetched::TooLarge));
+            }
+        };
+        let mut headers = parts.headers;
+        // Recomputed from the stored body when served.
+        headers.remove(header::CONTENT_LENGTH);
+        let entry = self.entry(parts.status, headers, body, now, target);
+        match policy::not_storable(entry.status, &entry.headers, anonymous, self.spec.vary()) {
+            None => {
+                self.store.insert(key, entry.clone());
+            }
+            Some(why) => {
+                tracing::debug!(key = %key, status = entry.status.as_u16(), why, "not stored");
+                // A client error means the stored answer no longer holds
+                // (gone, or the credential lost access); a server error may
+                // pass, and the entry can still be revalidated later.
+                if entry.status.is_client_error() {
+                    self.store.remove(&key);
+                }
+            }
+        }
+        Ok(Arc::new(Fetched::Ready {
+            entry: Arc::new(entry),
+            revalidated: false,
+        }))
+    }
+
+    fn entry(
+        &self,
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        now: Instant,
+        target: &Target<'_>,
+    ) -> CachedResponse {
+        let fresh_until = now + policy::fresh_for(&headers, self.ttl);
+        CachedResponse {
+            status,
+            freshness: Freshness {
+                fresh_until,
+                etag: headers.get(header::ETAG).cloned(),
+                last_modified: headers.get(header::LAST_MODIFIED).cloned(),
+            },
+            headers,
+            body,
+            stored_at: now,
+            path: target.uri.path().to_owned(),
+        }
+    }
+
+    fn failed(&self, target: &Target<'_>, err: &FetchError) -> Failure {
+        // The path only: a query may carry a credential.
+        tracing::warn!(
+            upstream = target.upstream.base_url(),
+            path = target.uri.path(),
+            reason = err.reason(),
+            error = %err,
+            "upstream request failed"
+        );
+        Failure::from(err)
+    }
+
+    /// The client's headers as sent upstream: hop-by-hop ones, `Host` (the
+    /// client sets it from the URI) and the upstream chooser removed.
+    fn forward_headers(&self, request: &HeaderMap) -> HeaderMap {
+        let mut headers = request.clone();
+        policy::remove_hop_by_hop(&mut headers);
+        headers.remove(header::HOST);
+        if let Some(chooser) = self.allow.chooser() {
+            headers.remove(chooser);
+        }
+        headers
+    }
+
+    /// Forwards a request uncached, streaming both ways. A successful
+    /// unsafe method drops the stored answers for its path, which it may
+    /// have changed.
+    async fn pass(
+        &self,
+        parts: http::request::Parts,
+        body: Option<Incoming>,
+        target: &Target<'_>,
+    ) -> Response<Body> {
+        let method = parts.method.clone();
+        let mut request = Request::new(match body {
+            Some(body) => body.map_err(|err| Box::new(err) as BoxError).boxed(),
+            None => empty(),
+        });
+        *request.method_mut() = parts.method;
+        *request.uri_mut() = target.uri.clone();
+        *request.headers_mut() = self.forward_headers(&parts.headers);
+        let request_headers = parts.headers;
+        let response = match self.client.send(request).await {
+            Ok(response) => response,
+            Err(err) => return self.failed(target, &err).response(),
+        };
+        if !method.is_safe() && response.status().is_success() {
+            let path = target.uri.path();
+            let removed = self.store.remove_where(|_, entry| entry.path == path);
+            if removed > 0 {
+                tracing::debug!(path, removed, %method, "dropped entries a write may have changed");
+            }
+        }
+        let (mut parts, body) = response.into_parts();
+        policy::remove_hop_by_hop(&mut parts.headers);
+        point_back(&mut parts.headers, target.upstream, &request_headers);
+        parts.version = http::Version::default();
+        Response::from_parts(parts, body.map_err(|err| Box::new(err) as BoxError).boxed())
+    }
+}
+
+/// The cache partition of a request: every `Authorization` value (a hash
+/// of it ends up in the key, never the value itself), or the anonymous
+/// partition. The tag byte keeps "no header" apart from an empty one.
+fn partition(headers: &HeaderMap) -> (Vec<u8>, bool) {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter().peekable();
+    if values.peek().is_none() {
+        return (vec![0], true);
+    }
+    let mut partition = vec![1];
+    for value in values {
+        partition.extend_from_slice(&(value.len() as u64).to_be_bytes());
+        partition.extend_from_slice(value.as_bytes());
+    }
+    (partition, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(upstreams: &[&str]) -> EtagArgs {
+        EtagArgs {
+            upstreams: upstreams.iter().map(|u| (*u).to_owned()).collect(),
+            upstream_header: None,
+            upstream_ca_files: Vec::new(),
+            vary_headers: vec!["X-GitHub-Api-Version".into()],
+        }
+    }
+
+    fn common() -> Common {
+        Common {
+            store: Arc::new(Store::new(1 << 20)),
+            max_object_bytes: 1 << 16,
+            cache_ttl: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn bad_flags_are_named() {
+        let err = |a: EtagArgs| EtagCache::new(&a, common()).err().unwrap().to_string();
+        assert!(err(args(&["ftp://x"])).starts_with("--upstream"));
+        assert!(err(args(&["http://a", "http://b"])).contains("--upstream-header"));
+        let mut bad_header = args(&["http://a"]);
+        bad_header.upstream_header = Some("not a header".into());
+        assert!(err(bad_header).starts_with("--upstream-header"));
+        let mut bad_vary = args(&["http://a"]);
+        bad_vary.vary_headers = vec!["x y".into()];
+        assert!(err(bad_vary).starts_with("--vary-header"));
+        let mut bad_ca = args(&["https://a"]);
+        bad_ca.upstream_ca_files = vec!["/nonexistent/ca.pem".into()];
+        assert!(err(bad_ca).starts_with("--upstream-ca-file"));
+        assert!(EtagCache::new(&args(&["http://127.0.0.1:1"]), common()).is_ok());
+    }
+
+    #[test]
+    fn credentials_partition_and_never_collide_with_anonymous() {
+        let mut a = HeaderMap::new();
+        a.insert(header::AUTHORIZATION, HeaderValue::from_static("token a"));
+        let mut b = HeaderMap::new();
+        b.insert(header::AUTHORIZATION, HeaderValue::from_static("token b"));
+        let mut empty_auth = HeaderMap::new();
+        empty_auth.insert(header::AUTHORIZATION, HeaderValue::from_static(""));
+        let (pa, anon_a) = partition(&a);
+        let (pb, _) = partition(&b);
+        let (pe, anon_e) = partition(&empty_auth);
+        let (pn, anon_n) = partition(&HeaderMap::new());
+        assert!(!anon_a && !anon_e && anon_n);
+        assert_ne!(pa, pb);
+        assert_ne!(pe, pn);
     }
 }

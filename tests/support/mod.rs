@@ -8,6 +8,7 @@
 //!   the pod-to-host relay in `forward.rs`
 //! - [`EchoPod`], [`EchoServer`], [`WsClient`]: the echo upstream (`echo.py`)
 //!   in a pod or on loopback, `echo.rs`
+//! - [`forge::Forge`]: a stand-in for GitHub's REST API, `forge.rs`
 //! - [`TlsFiles`]: a CA and a server certificate from openssl, `tls.rs`
 //! - [`wait_until`] and friends: `wait.rs`
 //! - [`agent`]: the `agent` binary run as a process
@@ -29,6 +30,7 @@ pub mod agent;
 pub mod chart;
 mod controlplane;
 pub mod echo;
+pub mod forge;
 mod forward;
 pub mod hook_sink;
 pub mod http_client;
