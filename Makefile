@@ -45,6 +45,7 @@ demo: deps
 bench: deps-bench
 	$(CARGO) bench --locked --bench apiserver_relay
 	$(CARGO) bench --locked --bench service_relay
+	$(CARGO) bench --locked --bench delivery_forwarder
 
 clean:
 	$(CARGO) clean

@@ -190,7 +190,7 @@ fn credentials(args: &Args) -> anyhow::Result<Credentials> {
                 args.token_refresh_before,
             )
             .map_err(|err| anyhow::anyhow!("--app-private-key-file {}: {err}", key.display()))?;
-            Ok(Credentials::App(app))
+            Ok(Credentials::App(Box::new(app)))
         }
         (Some(_), None, _) => anyhow::bail!("--app-id needs --app-private-key-file"),
         (None, Some(_), _) => anyhow::bail!("--app-private-key-file needs --app-id"),

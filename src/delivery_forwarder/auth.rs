@@ -20,7 +20,7 @@ pub enum Credentials {
     /// A personal access token (or any bearer token the forge accepts).
     Token(SecretString),
     /// A GitHub App.
-    App(App),
+    App(Box<App>),
 }
 
 /// A GitHub App's identity and the installation tokens it holds.

@@ -94,11 +94,13 @@ pub enum StoreError {
 
 enum Backend {
     File(PathBuf),
-    ConfigMap {
-        api: KubeApi<ConfigMap>,
-        name: String,
-        timeout: Duration,
-    },
+    ConfigMap(Box<ConfigMapBackend>),
+}
+
+struct ConfigMapBackend {
+    api: KubeApi<ConfigMap>,
+    name: String,
+    timeout: Duration,
 }
 
 /// The cursors of every hook; writes are serialised.
@@ -146,11 +148,11 @@ impl Store {
             .into_iter()
             .collect();
         Ok(Self {
-            backend: Backend::ConfigMap {
+            backend: Backend::ConfigMap(Box::new(ConfigMapBackend {
                 api,
                 name: name.to_owned(),
                 timeout,
-            },
+            })),
             document: Mutex::new(document),
         })
     }
@@ -177,7 +179,8 @@ impl Store {
         document.insert(key.to_owned(), text);
         match &self.backend {
             Backend::File(path) => write_file(path, &document).await,
-            Backend::ConfigMap { api, name, timeout } => {
+            Backend::ConfigMap(backend) => {
+                let ConfigMapBackend { api, name, timeout } = &**backend;
                 // Apply the whole document: this manager owns every key, so
                 // a key left out would be deleted.
                 let body = serde_json::json!({
