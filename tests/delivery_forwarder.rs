@@ -1,16 +1,18 @@
 //! `agent delivery-forwarder` as a process against the forge stand-in
 //! (`support/hook_forge.rs`, GitHub's documented hook-deliveries API).
 //! Shown: deliveries arrive once each, in order, with their event headers
-//! and a signature `agent webhook-fanout` accepts, a redelivery is
-//! forwarded once and older deliveries are left alone; a target that is
-//! down moves nothing and then gets the backlog in order, and one that
-//! stays down dead-letters after --max-attempts; `kill -9` mid-batch loses
-//! nothing and repeats at most the in-flight delivery (cursor in a
-//! ConfigMap on a real kube-apiserver); a spent rate limit and a secondary
-//! limit are waited out with no request before the forge allows it, and
-//! idle polls are 304s; as a GitHub App, with installation tokens that
-//! expire every few seconds, no request is ever refused; a wrong app key
-//! is refused by the stand-in and keeps the forwarder unready.
+//! and a signature `agent webhook-fanout` accepts; a redelivery is
+//! forwarded once; older deliveries are left alone unless --backfill
+//! reaches them; bad rules stop the start naming the field; a target that
+//! is down moves nothing and then gets the backlog in order (across pages
+//! walked by their Link headers), and one that stays down dead-letters
+//! after --max-attempts; `kill -9` mid-batch loses nothing and repeats at
+//! most the in-flight delivery (cursor in a ConfigMap on a real
+//! kube-apiserver); a spent rate limit and a secondary limit are waited out
+//! with no request before the forge allows it, and idle polls are 304s; as
+//! a GitHub App, with installation tokens that expire every few seconds, no
+//! request is ever refused; a wrong app key is refused by the stand-in and
+//! keeps the forwarder unready.
 
 mod support;
 
@@ -220,7 +222,8 @@ async fn a_down_target_moves_nothing_and_then_drains_the_backlog_in_order() {
         &dir,
         &forge,
         &rules("octo/down", &format!("{{id: {hook}}}"), &target),
-        &[],
+        // Small pages: the backlog spans several, walked by their Link.
+        &["--per-page", "2"],
     );
     ready(&forwarder).await;
     let start = cursor_file(&dir)["last_id"].as_u64().expect("a cursor");
@@ -247,6 +250,60 @@ async fn a_down_target_moves_nothing_and_then_drains_the_backlog_in_order() {
     .await
     .expect("the cursor moves");
     assert_eq!(metric(&forwarder, "dead_lettered"), 0.0);
+}
+
+/// 1b. `--backfill`: a first start also forwards what is inside the
+/// window, oldest first, across pages.
+#[tokio::test(flavor = "multi_thread")]
+async fn backfill_forwards_the_window_on_first_start() {
+    let forge = HookForge::start(ForgeConfig::default()).await;
+    let hook = forge.add_hook("orgs/octo-org", "https://relay.invalid/hook");
+    let guids: Vec<String> = (0..5)
+        .map(|n| forge.deliver(hook, "push", json!({"n": n})).1)
+        .collect();
+    let dir = workdir("backfill");
+    let sink = Sink::start().await;
+    let forwarder = spawn(
+        &dir,
+        &forge,
+        &format!(
+            "rules:\n- organizations: [octo-org]\n  hook: {{id: {hook}}}\n  target: {}\n",
+            sink.url()
+        ),
+        &["--backfill", "1h", "--per-page", "2"],
+    );
+    ready(&forwarder).await;
+    wait_count(&sink, 5, &forwarder).await;
+    assert_eq!(sink.ids(), guids);
+}
+
+/// 1c. Bad rules stop the start with a message naming the flag, the rule
+/// and the field.
+#[test]
+fn bad_rules_exit_naming_the_flag_rule_and_field() {
+    let dir = workdir("bad-rules");
+    let config = dir.join("rules.yaml");
+    std::fs::write(
+        &config,
+        "rules:\n- repositories: [octo/a]\n  hook: {id: 1}\n  target: 'ftp://x/'\n",
+    )
+    .expect("the rules file");
+    let (status, stderr) = support::agent::run_to_exit(&[
+        "delivery-forwarder",
+        "--config",
+        path(&config),
+        "--token-file",
+        path(&dir.join("token")),
+        "--secret-file",
+        path(&dir.join("secret")),
+        "--cursor-file",
+        path(&dir.join("cursors.json")),
+    ]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("--config") && stderr.contains("rules[0].target"),
+        "{stderr}"
+    );
 }
 
 /// 2b. A target that stays down: after --max-attempts each delivery is
@@ -303,6 +360,8 @@ async fn kill_9_mid_batch_loses_nothing_and_repeats_at_most_the_in_flight_one() 
     let sink = Sink::start().await;
     let rules = rules("octo/kill", &format!("{{id: {hook}}}"), &sink.url());
     let flags = [
+        "--per-page",
+        "7",
         "--cursor-configmap",
         "default/delivery-forwarder-kill",
         "--kubeconfig",
