@@ -5,6 +5,7 @@
 //! private network with its event headers and a fresh signature
 //! ([`forward`]). Each hook's cursor ([`cursor`]) is persisted and moves
 //! only past deliveries that were forwarded or dead-lettered ([`poll`]);
+//! every request waits out the forge's rate limits ([`rate`]);
 //! which hooks and targets comes from a rules file ([`config`]).
 
 pub mod auth;
@@ -14,6 +15,7 @@ pub mod forward;
 pub mod github;
 mod metrics;
 pub mod poll;
+mod rate;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 

@@ -5,11 +5,8 @@
 //! delivery's detail, and the app endpoints that turn a JWT into an
 //! installation token.
 //!
-//! Every request waits at one rate gate first: when an answer says the
-//! budget is spent (`X-RateLimit-Remaining: 0`) the gate stays shut until
-//! `X-RateLimit-Reset`; a 403/429 with `Retry-After` shuts it for that long,
-//! and a secondary limit without it for a minute, as GitHub asks. Nothing
-//! is sent while it is shut.
+//! Every request waits at the rate gate ([`super::rate`]) first, and every
+//! answer tells the gate what the forge said about its limits.
 
 use std::{
     collections::BTreeMap,
@@ -28,16 +25,11 @@ use super::{
     config::Source,
     forward::HttpClient,
     metrics::ForwarderMetrics,
+    rate::RateGate,
 };
 
 /// GitHub's REST API version the requests are written against.
 const API_VERSION: &str = "2022-11-28";
-/// How long to stay away after a secondary rate limit that gave no
-/// Retry-After (GitHub: "at least one minute").
-const SECONDARY_PAUSE: Duration = Duration::from_secs(60);
-/// Slack after X-RateLimit-Reset, for clocks that disagree slightly.
-const RESET_SLACK: Duration = Duration::from_millis(500);
-
 /// Why an API call failed; `label` is its metric label.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -139,7 +131,7 @@ struct Inner {
     max_body: usize,
     credentials: Credentials,
     /// No request before this time.
-    gate: std::sync::Mutex<SystemTime>,
+    gate: RateGate,
     metrics: ForwarderMetrics,
 }
 
@@ -171,31 +163,10 @@ impl Api {
                 timeout,
                 max_body,
                 credentials,
-                gate: std::sync::Mutex::new(UNIX_EPOCH),
+                gate: RateGate::new(metrics.clone()),
                 metrics,
             }),
         })
-    }
-
-    /// Waits while the rate gate is shut.
-    async fn pass_gate(&self) {
-        loop {
-            let until = *self.inner.gate.lock().expect("gate lock is never poisoned");
-            match until.duration_since(SystemTime::now()) {
-                Ok(wait) if !wait.is_zero() => {
-                    tracing::debug!(wait = ?wait, "waiting for the forge's rate limit");
-                    tokio::time::sleep(wait).await;
-                }
-                _ => return,
-            }
-        }
-    }
-
-    fn shut_gate(&self, until: SystemTime) {
-        let mut gate = self.inner.gate.lock().expect("gate lock is never poisoned");
-        if until > *gate {
-            *gate = until;
-        }
     }
 
     /// Sends one request (after the gate) and reads the whole answer.
@@ -208,7 +179,7 @@ impl Api {
         body: Option<Vec<u8>>,
         endpoint: &'static str,
     ) -> Result<Answer, ApiError> {
-        self.pass_gate().await;
+        self.inner.gate.pass().await;
         let url = format!("{}{path}", self.inner.base);
         let mut request = Request::builder()
             .method(method)
@@ -261,7 +232,10 @@ impl Api {
                 return Err(err);
             }
         };
-        let limited = self.note_rate_limit(&answer);
+        let limited = self
+            .inner
+            .gate
+            .note(answer.status, &answer.headers, &answer.body);
         let result = if answer.status == StatusCode::NOT_MODIFIED {
             "not_modified"
         } else if limited.is_some() {
@@ -276,55 +250,6 @@ impl Api {
             return Err(ApiError::RateLimited(wait));
         }
         Ok(answer)
-    }
-
-    /// Reads the rate-limit headers and shuts the gate as they ask; returns
-    /// the pause when the answer itself is a rate-limit refusal.
-    fn note_rate_limit(&self, answer: &Answer) -> Option<Duration> {
-        let number = |name: &str| {
-            answer
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        };
-        let now = SystemTime::now();
-        let remaining = number("x-ratelimit-remaining");
-        let reset = number("x-ratelimit-reset").map(|s| UNIX_EPOCH + Duration::from_secs(s));
-        if let Some(remaining) = remaining {
-            self.inner.metrics.remaining(remaining);
-        }
-        let exhausted_until = match (remaining, reset) {
-            (Some(0), Some(reset)) => {
-                let until = reset + RESET_SLACK;
-                tracing::info!(
-                    wait = ?until.duration_since(now).unwrap_or_default(),
-                    "the forge's rate limit is spent; pausing until it resets"
-                );
-                self.shut_gate(until);
-                Some(until)
-            }
-            _ => None,
-        };
-        if answer.status != StatusCode::FORBIDDEN && answer.status != StatusCode::TOO_MANY_REQUESTS
-        {
-            return None;
-        }
-        let retry_after = number("retry-after").map(Duration::from_secs);
-        let secondary = String::from_utf8_lossy(&answer.body)
-            .to_ascii_lowercase()
-            .contains("secondary rate limit");
-        let until = match (retry_after, exhausted_until) {
-            (Some(wait), _) => now + wait,
-            (None, Some(until)) => until,
-            (None, None) if secondary => now + SECONDARY_PAUSE,
-            // A plain 403 (permissions): not a rate limit.
-            (None, None) => return None,
-        };
-        self.shut_gate(until);
-        let wait = until.duration_since(now).unwrap_or_default();
-        tracing::warn!(wait = ?wait, status = %answer.status, "rate limited by the forge");
-        Some(wait)
     }
 
     /// The bearer token for a request about `source`.
@@ -633,51 +558,5 @@ mod tests {
         );
         assert!(api.next_link(&headers).is_err());
         assert_eq!(api.next_link(&HeaderMap::new()).expect("none"), None);
-    }
-
-    #[tokio::test]
-    async fn a_spent_budget_shuts_the_gate_until_reset() {
-        let api = api();
-        let reset = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("after 1970")
-            .as_secs()
-            + 100;
-        let mut headers = HeaderMap::new();
-        headers.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
-        headers.insert(
-            "x-ratelimit-reset",
-            HeaderValue::from_str(&reset.to_string()).expect("digits"),
-        );
-        let ok = Answer {
-            status: StatusCode::OK,
-            headers,
-            body: Bytes::new(),
-        };
-        assert_eq!(api.note_rate_limit(&ok), None, "a 200 is not a refusal");
-        let gate = *api.inner.gate.lock().expect("lock");
-        assert_eq!(gate, UNIX_EPOCH + Duration::from_secs(reset) + RESET_SLACK);
-
-        let mut headers = HeaderMap::new();
-        headers.insert("retry-after", HeaderValue::from_static("30"));
-        let refused = Answer {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            headers,
-            body: Bytes::new(),
-        };
-        let wait = api.note_rate_limit(&refused).expect("a refusal");
-        assert!(wait > Duration::from_secs(29) && wait <= Duration::from_secs(30));
-        let plain = Answer {
-            status: StatusCode::FORBIDDEN,
-            headers: HeaderMap::new(),
-            body: Bytes::from_static(b"{\"message\":\"Resource not accessible\"}"),
-        };
-        assert_eq!(api.note_rate_limit(&plain), None);
-        let secondary = Answer {
-            status: StatusCode::FORBIDDEN,
-            headers: HeaderMap::new(),
-            body: Bytes::from_static(b"{\"message\":\"You have exceeded a secondary rate limit\"}"),
-        };
-        assert!(api.note_rate_limit(&secondary).expect("a refusal") >= Duration::from_secs(59));
     }
 }
