@@ -47,6 +47,7 @@ bench: deps-bench
 	$(CARGO) bench --locked --bench service_relay
 	$(CARGO) bench --locked --bench read_cache
 	$(CARGO) bench --locked --bench webhook_fanout
+	$(CARGO) bench --locked --bench delivery_forwarder
 
 clean:
 	$(CARGO) clean

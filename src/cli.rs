@@ -5,8 +5,8 @@
 use clap::{Parser, Subcommand};
 
 use crate::{
-    apiserver_relay, provisioner, read_cache, service_relay, shutdown::Shutdown,
-    telemetry::LogArgs, webhook_fanout,
+    apiserver_relay, delivery_forwarder, provisioner, read_cache, service_relay,
+    shutdown::Shutdown, telemetry::LogArgs, webhook_fanout,
 };
 
 /// Relays for hosted-mode Kubernetes add-ons: the hosting cluster does the
@@ -104,6 +104,26 @@ pub enum Command {
     /// runtime for callers with --admin-token-file's token or an
     /// --admin-user identity.
     WebhookFanout(webhook_fanout::Args),
+
+    /// Forge webhook deliveries into a private network, no receiver exposed.
+    ///
+    /// Polls the webhook-delivery records the forge keeps (GitHub's
+    /// hook-deliveries API of repositories and organizations; --api-url
+    /// for GitHub Enterprise) as a GitHub App (--app-id,
+    /// --app-private-key-file; installation tokens renewed
+    /// --token-refresh-before expiry) or with a token (--token-file or
+    /// CLUSTER_RELAY_GITHUB_TOKEN). Sources, hooks (by id, by config URL,
+    /// or created) and targets come from --config. Every unseen delivery
+    /// is POSTed to its target, oldest first, with its original
+    /// X-GitHub-* and Content-Type headers and a fresh X-Hub-Signature-256
+    /// (--secret-file or CLUSTER_RELAY_WEBHOOK_SECRET). Polls are
+    /// conditional (ETag; a 304 costs no rate limit) and wait out
+    /// X-RateLimit-Reset, Retry-After and secondary limits. Each hook's
+    /// cursor (--cursor-configmap or --cursor-file) moves only past
+    /// deliveries that were forwarded, or dead-lettered after
+    /// --max-attempts; a GUID is forwarded once. A first start begins at
+    /// the newest delivery, or --backfill back.
+    DeliveryForwarder(delivery_forwarder::Args),
 }
 
 /// Runs a subcommand until it finishes or a shutdown signal ends it.
@@ -124,6 +144,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::WebhookFanout(args) => {
             let shutdown = Shutdown::on_signals(args.shutdown.grace_period)?;
             webhook_fanout::run(args, shutdown).await
+        }
+        Command::DeliveryForwarder(args) => {
+            let shutdown = Shutdown::on_signals(args.shutdown.grace_period)?;
+            delivery_forwarder::run(args, shutdown).await
         }
         Command::ProvisionKubeconfig(args) => {
             let shutdown = Shutdown::on_signals(args.shutdown.grace_period)?;

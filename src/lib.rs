@@ -23,11 +23,15 @@
 //! - [`read_cache`]: `agent read-cache`, a caching GET proxy safe across users.
 //! - [`webhook_fanout`]: `agent webhook-fanout`, one signed webhook in, every
 //!   backend out, from a durable queue.
+//! - [`delivery_forwarder`]: `agent delivery-forwarder`, the forge's recorded
+//!   webhook deliveries polled through its API and replayed to a private
+//!   target.
 
 pub mod admin;
 pub mod apiserver_relay;
 pub mod cli;
 pub mod coalesce;
+pub mod delivery_forwarder;
 pub mod http_server;
 pub mod kube_client;
 pub mod leader;

@@ -177,7 +177,8 @@ pub struct Args {
     pub shutdown: ShutdownArgs,
 }
 
-fn read_secret(path: &PathBuf, flag: &str) -> anyhow::Result<Vec<u8>> {
+/// A secret from a file, one trailing newline dropped; errors name `flag`.
+pub(crate) fn read_secret(path: &PathBuf, flag: &str) -> anyhow::Result<Vec<u8>> {
     let mut bytes =
         std::fs::read(path).map_err(|err| anyhow::anyhow!("{flag} {}: {err}", path.display()))?;
     if bytes.ends_with(b"\n") {
@@ -192,10 +193,11 @@ fn read_secret(path: &PathBuf, flag: &str) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn roots(files: &[PathBuf]) -> anyhow::Result<RootCertStore> {
+/// The system's trust anchors plus the PEM files of `flag`.
+pub(crate) fn roots(files: &[PathBuf], flag: &str) -> anyhow::Result<RootCertStore> {
     let mut roots = RootCertStore::empty();
     // The system's bundle where Debian-like images keep it; absent in a
-    // scratch image, where --backend-ca-file must name the CAs.
+    // scratch image, where the CA flag must name the CAs.
     for system in [
         "/etc/ssl/certs/ca-certificates.crt",
         "/etc/pki/tls/certs/ca-bundle.crt",
@@ -209,9 +211,9 @@ fn roots(files: &[PathBuf]) -> anyhow::Result<RootCertStore> {
     }
     for file in files {
         let pem = std::fs::read(file)
-            .map_err(|err| anyhow::anyhow!("--backend-ca-file {}: {err}", file.display()))?;
+            .map_err(|err| anyhow::anyhow!("{flag} {}: {err}", file.display()))?;
         let found = roots_from_pem(&pem, &file.display().to_string())
-            .map_err(|err| anyhow::anyhow!("--backend-ca-file {err}"))?;
+            .map_err(|err| anyhow::anyhow!("{flag} {err}"))?;
         roots.roots.extend(found.roots);
     }
     Ok(roots)
@@ -287,7 +289,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     let metrics = FanoutMetrics::new(&registry_metrics);
     let upstream = Upstream::new(UpstreamConfig {
-        roots: roots(&args.backend_ca_files)?,
+        roots: roots(&args.backend_ca_files, "--backend-ca-file")?,
         server_name: None,
         resolver: Directory::new(
             None,

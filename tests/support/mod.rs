@@ -13,6 +13,7 @@
 //! - [`wait_until`] and friends: `wait.rs`
 //! - [`agent`]: the `agent` binary run as a process
 //! - [`hook_sink`]: recording webhook receivers
+//! - [`hook_forge`]: a stand-in for the forge's webhook-delivery API
 //! - [`http_client`]: whole HTTP answers from components and apiservers
 //! - [`chart`]: the Helm chart rendered and linted (`hack/chart.py`), its
 //!   objects applied, its containers' flags checked against the binary
@@ -32,6 +33,7 @@ mod controlplane;
 pub mod echo;
 pub mod forge;
 mod forward;
+pub mod hook_forge;
 pub mod hook_sink;
 pub mod http_client;
 mod netns_pod;
