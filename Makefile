@@ -45,6 +45,7 @@ demo: deps release
 bench: deps-bench
 	$(CARGO) bench --locked --bench apiserver_relay
 	$(CARGO) bench --locked --bench service_relay
+	$(CARGO) bench --locked --bench read_cache_kubernetes
 
 clean:
 	$(CARGO) clean
