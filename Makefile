@@ -48,6 +48,7 @@ bench: deps-bench
 	$(CARGO) bench --locked --bench read_cache
 	$(CARGO) bench --locked --bench webhook_fanout
 	$(CARGO) bench --locked --bench delivery_forwarder
+	$(CARGO) bench --locked --bench read_cache_kubernetes
 
 clean:
 	$(CARGO) clean
