@@ -10,7 +10,7 @@
 //! upstream tells apart would serve one caller another's bytes, while keeping
 //! two equivalent requests apart only costs a miss.
 
-use std::{fmt, hash::Hash, sync::Arc};
+use std::{fmt, hash::Hash};
 
 use http::{HeaderMap, HeaderName, Method, Uri, header};
 use sha2::{Digest, Sha256};
@@ -35,26 +35,19 @@ const SENSITIVE_PARAMS: &[&str] = &[
     "code",
 ];
 
-/// Identity of a cacheable response: a fixed-size digest plus a short
-/// readable form for logs. Equality and hashing use the digest only.
+/// Identity of a cacheable response: a fixed-size digest. Equality and
+/// hashing use the digest only; it displays as a digest prefix, and
+/// [`KeySpec::describe`] gives the readable form when a log needs one (it
+/// is not built per request: fresh hits are the hot path).
 #[derive(Clone)]
 pub struct CacheKey {
     digest: [u8; 32],
-    /// Shared so cloning a key (map key, coalescer key, log field) is cheap.
-    readable: Arc<str>,
 }
 
 impl CacheKey {
     /// The SHA-256 digest that identifies the entry.
     pub fn digest(&self) -> &[u8; 32] {
         &self.digest
-    }
-
-    /// Readable form: method, upstream, path and normalized query with
-    /// sensitive values redacted, then a digest prefix. Never contains the
-    /// partition or any header other than `Accept`.
-    pub fn readable(&self) -> &str {
-        &self.readable
     }
 }
 
@@ -74,13 +67,17 @@ impl Hash for CacheKey {
 
 impl fmt::Debug for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("CacheKey").field(&&*self.readable).finish()
+        write!(f, "CacheKey({self})")
     }
 }
 
 impl fmt::Display for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.readable)
+        f.write_str("#")?;
+        for b in &self.digest[..6] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
     }
 }
 
@@ -155,13 +152,28 @@ impl KeySpec {
             }
         }
         put(&mut h, partition);
-        let digest: [u8; 32] = h.finalize().into();
-
-        let readable = readable(method, &upstream, &path, &query, headers, &digest);
         CacheKey {
-            digest,
-            readable: readable.into(),
+            digest: h.finalize().into(),
         }
+    }
+
+    /// The readable form of the key of a request, for logs: method,
+    /// upstream, path and normalized query with sensitive values redacted,
+    /// `Accept`, then the digest prefix. Never contains the partition or any
+    /// other header.
+    pub fn describe(
+        &self,
+        method: &Method,
+        upstream: &str,
+        uri: &Uri,
+        headers: &HeaderMap,
+        partition: &[u8],
+    ) -> String {
+        let key = self.key(method, upstream, uri, headers, partition);
+        let upstream = upstream.trim_end_matches('/').to_ascii_lowercase();
+        let path = normalize_path(uri.path());
+        let query = parse_query(uri.query().unwrap_or(""));
+        readable(method, &upstream, &path, &query, headers, &key)
     }
 }
 
@@ -298,7 +310,7 @@ fn readable(
     path: &str,
     query: &[(Component, Component)],
     headers: &HeaderMap,
-    digest: &[u8; 32],
+    key: &CacheKey,
 ) -> String {
     let mut s = format!("{method} {upstream}{path}");
     for (i, (name, value)) in query.iter().enumerate() {
@@ -325,10 +337,8 @@ fn readable(
         s.truncate(end);
         s.push('…');
     }
-    s.push_str(" #");
-    for b in &digest[..6] {
-        s.push_str(&format!("{b:02x}"));
-    }
+    s.push(' ');
+    s.push_str(&key.to_string());
     s
 }
 
@@ -481,15 +491,29 @@ mod tests {
         );
     }
 
+    fn describe(uri: &str, headers: &[(&str, &str)], partition: &[u8]) -> (CacheKey, String) {
+        let mut map = HeaderMap::new();
+        for (n, v) in headers {
+            map.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let uri: Uri = uri.parse().unwrap();
+        let spec = KeySpec::default();
+        (
+            spec.key(&Method::GET, UP, &uri, &map, partition),
+            spec.describe(&Method::GET, UP, &uri, &map, partition),
+        )
+    }
+
     #[test]
     fn readable_form_hides_credentials() {
-        let k = key_with(
-            &KeySpec::default(),
+        let (k, r) = describe(
             "/repos/o/r/pulls?access_token=ghp_secret123&per_page=100",
             &[("accept", "application/vnd.github+json")],
             b"Bearer ghp_partition_secret",
         );
-        let r = k.readable();
         assert!(
             r.starts_with("GET https://10.0.0.1:6443/repos/o/r/pulls?"),
             "{r}"
@@ -498,10 +522,10 @@ mod tests {
         assert!(r.contains("access_token=<redacted>"), "{r}");
         assert!(r.contains("accept=application/vnd.github+json"), "{r}");
         assert!(!r.contains("ghp_"), "{r}");
-        assert_eq!(format!("{k}"), r);
+        assert!(r.ends_with(&format!(" {k}")), "{r}");
         assert!(!format!("{k:?}").contains("ghp_"));
 
-        let long = key(&format!("/x?a={}", "b".repeat(1000)));
-        assert!(long.readable().len() < MAX_DISPLAY + 32);
+        let (_, long) = describe(&format!("/x?a={}", "b".repeat(1000)), &[], b"p");
+        assert!(long.len() < MAX_DISPLAY + 32);
     }
 }
