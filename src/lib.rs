@@ -16,6 +16,7 @@
 //!   kube-apiserver.
 //! - [`coalesce`]: merges concurrent identical lookups into one.
 //! - [`http_server`]: the HTTP server loop shared by the HTTP components.
+//! - [`tls`]: `--tls-cert-file` / `--tls-key-file`, HTTPS for those servers.
 //! - [`service_relay`]: `agent service-relay`, HTTP to managed Services through
 //!   the managed apiserver, with the caller's Authorization restored.
 //! - [`provisioner`]: `agent provision-kubeconfig`, short-lived managed
@@ -43,4 +44,5 @@ pub mod secret_watch;
 pub mod service_relay;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 pub mod webhook_fanout;

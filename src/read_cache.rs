@@ -39,6 +39,7 @@ use crate::{
     kube_client::KubeArgs,
     net,
     shutdown::{Shutdown, ShutdownArgs},
+    tls::TlsArgs,
 };
 
 /// Which upstream the cache stands in front of.
@@ -113,6 +114,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub etag: EtagArgs,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
 
     #[command(flatten)]
     pub admin: AdminArgs,
@@ -199,6 +203,8 @@ impl Handler for CacheServer {
 
 /// Runs the cache until shutdown.
 pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
+    // Checked before anything is bound or started.
+    let tls = args.tls.acceptor()?;
     if args.max_connections == 0 {
         anyhow::bail!("--max-connections must be at least 1");
     }
@@ -254,6 +260,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
         ServerConfig {
             max_connections: args.max_connections,
             header_timeout: args.header_timeout,
+            tls,
         },
         shutdown,
     )

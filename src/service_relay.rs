@@ -37,6 +37,7 @@ use crate::{
     managed_kubeconfig::ManagedKubeconfigArgs,
     net,
     shutdown::{Shutdown, ShutdownArgs},
+    tls::TlsArgs,
 };
 
 /// Which side of the relay this process is.
@@ -153,6 +154,9 @@ pub struct Args {
     pub header_timeout: Duration,
 
     #[command(flatten)]
+    pub tls: TlsArgs,
+
+    #[command(flatten)]
     pub admin: AdminArgs,
 
     #[command(flatten)]
@@ -201,6 +205,8 @@ fn upstream_roots(files: &[PathBuf]) -> anyhow::Result<RootCertStore> {
 
 /// Runs the relay until shutdown.
 pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
+    // Checked before anything is bound or started.
+    let tls = args.tls.acceptor()?;
     if args.max_connections == 0 {
         anyhow::bail!("--max-connections must be at least 1");
     }
@@ -309,6 +315,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
         ServerConfig {
             max_connections: args.max_connections,
             header_timeout: args.header_timeout,
+            tls,
         },
         shutdown,
     )

@@ -40,6 +40,7 @@ use crate::{
         forward::{Limits, Upstream, UpstreamConfig, roots_from_pem},
     },
     shutdown::{Shutdown, ShutdownArgs},
+    tls::TlsArgs,
 };
 
 /// The environment variable that may hold the shared secret itself.
@@ -168,6 +169,9 @@ pub struct Args {
     pub header_timeout: Duration,
 
     #[command(flatten)]
+    pub tls: TlsArgs,
+
+    #[command(flatten)]
     pub admin: AdminArgs,
 
     #[command(flatten)]
@@ -221,6 +225,8 @@ pub(crate) fn roots(files: &[PathBuf], flag: &str) -> anyhow::Result<RootCertSto
 
 /// Runs the fan-out until shutdown.
 pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
+    // Checked before anything is bound or started.
+    let tls = args.tls.acceptor()?;
     let secret = match (&args.secret_file, std::env::var_os(SECRET_ENV)) {
         (Some(path), _) => read_secret(path, "--secret-file")?,
         (None, Some(value)) if !value.is_empty() => value.into_encoded_bytes(),
@@ -382,6 +388,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
         ServerConfig {
             max_connections: args.max_connections,
             header_timeout: args.header_timeout,
+            tls,
         },
         shutdown,
     )

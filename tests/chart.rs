@@ -190,7 +190,7 @@ fn every_container_flag_is_one_the_binary_accepts() {
         json!({"provisioner": {"clusterRoles": ["view"], "refreshBefore": "1h",
         "hub": {"kubeconfigSecret": "hub-kubeconfig"}},
         "serviceRelay": {"exit": {"upstreamCAConfigMap": "service-ca"}},
-        "readCache": {"watchResources": ["configmaps", "deployments.apps"]}}),
+        "readCache": {"watchResources": ["configmaps", "deployments.apps"], "tls": {"secretName": "cache-tls"}}}),
     );
     let mut checked = 0;
     for workload in objects

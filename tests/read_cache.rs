@@ -657,3 +657,62 @@ async fn max_bytes_holds_under_many_distinct_keys() {
         "600 distinct keys: {held} bytes held in {entries} entries (bound {max}), {evicted} evicted"
     );
 }
+
+/// kubectl itself, pointed at the cache (HTTPS: Go clients send a bearer
+/// token only over TLS) with a user's token: discovery and reads work
+/// through it and come back as the apiserver gives them.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_reads_through_the_cache() {
+    let shared_fixture = fixture();
+    let tls = support::TlsFiles::generate(&[], &["127.0.0.1".parse().expect("an IP")])
+        .expect("certificates");
+    let (cert, key) = (
+        tls.cert_path.to_str().expect("utf-8"),
+        tls.key_path.to_str().expect("utf-8"),
+    );
+    let f = start(
+        shared_fixture.plane,
+        &["--tls-cert-file", cert, "--tls-key-file", key],
+    )
+    .expect("a cache serving TLS");
+    f.wait_ready().await;
+    let server = f.base.replace("http://", "https://");
+    let cache_dir = run_dir().join("kubectl-via-cache");
+    let ca = tls.ca_pem_path.to_str().expect("utf-8");
+    let kubectl = |args: &[&str]| {
+        let out = std::process::Command::new("kubectl")
+            .args(["--server", &server, "--certificate-authority", ca])
+            .args(["--token", &f.token_a, "--request-timeout=20s"])
+            .args(args)
+            .env("KUBECACHEDIR", &cache_dir)
+            .env("KUBECONFIG", "/dev/null")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("kubectl runs");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let args = [
+        "get",
+        "configmap",
+        "same",
+        "-n",
+        "a",
+        "-o",
+        "jsonpath={.data.greeting}",
+    ];
+    for _ in 0..2 {
+        assert_eq!(kubectl(&args), "hello");
+    }
+    let listed = kubectl(&["get", "configmaps", "-n", "a", "-l", "app=x", "-o", "name"]);
+    assert!(listed.lines().any(|l| l == "configmap/same"), "{listed}");
+    assert!(
+        f.cache.metric(
+            r#"cluster_relay_read_cache_requests_total{cache="fresh_hit",code="200",method="GET",profile="kubernetes"}"#
+        ) >= 1.0
+    );
+}
