@@ -2,11 +2,13 @@
 //! `Cluster-Proxy-Relay-Authorization` is reviewed by the managed cluster's
 //! apiserver (TokenReview) and its user must be one of `--allowed-caller`.
 //! With no allowed caller configured nobody is allowed (fail closed).
-//! Verdicts are cached briefly per token hash; the cache is bounded, and
+//! Verdicts are cached briefly per token; the cache is bounded, and
 //! concurrent lookups of one token share a single TokenReview.
 
 use std::{
+    borrow::Borrow,
     collections::{HashMap, HashSet},
+    fmt,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -14,6 +16,7 @@ use std::{
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::{Api, api::PostParams};
 use sha2::{Digest, Sha256};
+use zeroize::Zeroize;
 
 use crate::coalesce::Coalescer;
 
@@ -29,13 +32,54 @@ pub enum Verdict {
 
 const CACHE_LIMIT: usize = 4096;
 
+/// A token as a verdict-cache key. Looked up by the token itself, with the
+/// map's keyed SipHash: hashing a ~1 KiB token with SHA-256 on every request
+/// was the largest single cost of a cached verdict. An equal hash is then
+/// confirmed by comparing the whole token, so a verdict is never reused for
+/// another token. The copy is wiped when the entry goes, and never printed.
+struct CachedToken(Box<str>);
+
+impl Borrow<str> for CachedToken {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq for CachedToken {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for CachedToken {}
+
+impl std::hash::Hash for CachedToken {
+    // As str hashes, which `Borrow<str>` lookups rely on.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl Drop for CachedToken {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl fmt::Debug for CachedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CachedToken(..)")
+    }
+}
+
 /// Checks relay callers.
 pub struct Callers {
     client: kube::Client,
     allowed: HashSet<String>,
     ttl: Duration,
     timeout: Duration,
-    cache: Mutex<HashMap<[u8; 32], (Instant, Verdict)>>,
+    cache: Mutex<HashMap<CachedToken, (Instant, Verdict)>>,
+    /// Keyed by the token's SHA-256, computed on a cache miss only.
     reviews: Coalescer<[u8; 32], Verdict>,
 }
 
@@ -63,22 +107,22 @@ impl Callers {
 
     /// Reviews `token`; an error means the apiserver could not answer.
     pub async fn verify(&self, token: &str) -> Result<Verdict, String> {
-        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some((at, verdict)) = self.cache.lock().expect("cache lock").get(&key)
+        if let Some((at, verdict)) = self.cache.lock().expect("cache lock").get(token)
             && at.elapsed() < self.ttl
         {
             return Ok(verdict.clone());
         }
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // When a verdict expires under load, every request with the token
         // misses at once; one review answers them all.
         let (verdict, _) = self
             .reviews
-            .get_or_fetch(key, || self.review(key, token))
+            .get_or_fetch(key, || self.review(token))
             .await?;
         Ok(verdict)
     }
 
-    async fn review(&self, key: [u8; 32], token: &str) -> Result<Verdict, String> {
+    async fn review(&self, token: &str) -> Result<Verdict, String> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_owned()),
@@ -110,7 +154,7 @@ impl Callers {
                 cache.clear();
             }
         }
-        cache.insert(key, (Instant::now(), verdict.clone()));
+        cache.insert(CachedToken(token.into()), (Instant::now(), verdict.clone()));
         Ok(verdict)
     }
 }
