@@ -12,6 +12,7 @@ mod exit;
 mod forward;
 mod headers;
 mod metrics;
+mod pool;
 mod target;
 
 use std::{collections::HashMap, net::SocketAddr, path::PathBuf, sync::Mutex, time::Duration};
@@ -225,7 +226,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
             let upstream = Upstream::new(UpstreamConfig {
                 roots,
                 server_name: None,
-                resolver: directory.resolver(),
+                directory: directory.clone(),
                 limits,
             })?;
             readiness.check("relay").ready("direct mode");
@@ -282,7 +283,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
             let upstream = Upstream::new(UpstreamConfig {
                 roots,
                 server_name: None,
-                resolver: directory.resolver(),
+                directory: directory.clone(),
                 limits,
             })?;
             Relay::Exit(Exit {

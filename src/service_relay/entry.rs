@@ -19,7 +19,7 @@ use secrecy::ExposeSecret;
 use super::{
     directory::{Directory, Resolution, host},
     exit::lookup_response,
-    forward::{Limits, Upstream, UpstreamConfig, roots_from_pem},
+    forward::{Destination, Limits, Upstream, UpstreamConfig, roots_from_pem},
     headers::{self, take_cluster_proxy_headers},
     metrics::RelayMetrics,
     target::{self, Target},
@@ -174,10 +174,10 @@ impl Entry {
         uri: String,
         peer: SocketAddr,
     ) -> Response<Body> {
-        let Ok(uri) = uri.parse() else {
+        let Some(to) = uri.parse().ok().and_then(Destination::from_uri) else {
             return text(StatusCode::BAD_REQUEST, "invalid path\n");
         };
-        match upstream.forward(request, uri, peer, "http").await {
+        match upstream.forward(request, to, peer, "http").await {
             Ok(response) => response,
             Err(err) => {
                 self.metrics.upstream_error("entry", err.reason());
@@ -220,13 +220,12 @@ impl Entry {
         let upstream = Upstream::new(UpstreamConfig {
             roots,
             server_name: cluster.tls_server_name.clone(),
-            resolver: Directory::new(
+            directory: Directory::new(
                 None,
                 Resolution::Dns,
                 Default::default(),
                 Duration::from_secs(5),
-            )
-            .resolver(),
+            ),
             limits: self.limits,
         })
         .map_err(|err| err.to_string())?;
