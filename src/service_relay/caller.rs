@@ -73,12 +73,20 @@ impl fmt::Debug for CachedToken {
 }
 
 /// Checks relay callers.
+#[derive(Default)]
+struct Cache {
+    verdicts: HashMap<CachedToken, (Instant, Verdict)>,
+    /// The token answered last, compared before any hashing: an exit relay
+    /// serves one relay token at a time but while it rotates.
+    last: Option<(CachedToken, Instant, Verdict)>,
+}
+
 pub struct Callers {
     client: kube::Client,
     allowed: HashSet<String>,
     ttl: Duration,
     timeout: Duration,
-    cache: Mutex<HashMap<CachedToken, (Instant, Verdict)>>,
+    cache: Mutex<Cache>,
     /// Keyed by the token's SHA-256, computed on a cache miss only.
     reviews: Coalescer<[u8; 32], Verdict>,
 }
@@ -95,7 +103,7 @@ impl Callers {
             allowed: allowed.into_iter().collect(),
             ttl,
             timeout,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::default(),
             reviews: Coalescer::new(),
         }
     }
@@ -107,10 +115,21 @@ impl Callers {
 
     /// Reviews `token`; an error means the apiserver could not answer.
     pub async fn verify(&self, token: &str) -> Result<Verdict, String> {
-        if let Some((at, verdict)) = self.cache.lock().expect("cache lock").get(token)
-            && at.elapsed() < self.ttl
         {
-            return Ok(verdict.clone());
+            let mut cache = self.cache.lock().expect("cache lock");
+            if let Some((last, at, verdict)) = &cache.last
+                && *last.0 == *token
+                && at.elapsed() < self.ttl
+            {
+                return Ok(verdict.clone());
+            }
+            if let Some((at, verdict)) = cache.verdicts.get(token)
+                && at.elapsed() < self.ttl
+            {
+                let (at, verdict) = (*at, verdict.clone());
+                cache.last = Some((CachedToken(token.into()), at, verdict.clone()));
+                return Ok(verdict);
+            }
         }
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // When a verdict expires under load, every request with the token
@@ -147,14 +166,17 @@ impl Callers {
             _ => Verdict::Unauthenticated,
         };
         let mut cache = self.cache.lock().expect("cache lock");
-        if cache.len() >= CACHE_LIMIT {
+        let verdicts = &mut cache.verdicts;
+        if verdicts.len() >= CACHE_LIMIT {
             let ttl = self.ttl;
-            cache.retain(|_, (at, _)| at.elapsed() < ttl);
-            if cache.len() >= CACHE_LIMIT {
-                cache.clear();
+            verdicts.retain(|_, (at, _)| at.elapsed() < ttl);
+            if verdicts.len() >= CACHE_LIMIT {
+                verdicts.clear();
             }
         }
-        cache.insert(CachedToken(token.into()), (Instant::now(), verdict.clone()));
+        let now = Instant::now();
+        verdicts.insert(CachedToken(token.into()), (now, verdict.clone()));
+        cache.last = Some((CachedToken(token.into()), now, verdict.clone()));
         Ok(verdict)
     }
 }

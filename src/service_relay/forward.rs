@@ -227,7 +227,9 @@ impl Upstream {
         loop {
             let (mut sender, pooled) = match self.pool.idle(origin) {
                 Some(sender) => (sender, true),
-                None => (self.pool.connect(origin).await?, false),
+                // Boxed: the connect future (TLS handshake included) is
+                // large, and every request would otherwise move it around.
+                None => (Box::pin(self.pool.connect(origin)).await?, false),
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {

@@ -83,53 +83,59 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|token| !token.is_empty())
 }
 
-/// Whether `name` is hop-by-hop whatever `Connection` says.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    // Standard names compare as enum values; only the last two as bytes.
-    name == header::CONNECTION
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == header::PROXY_AUTHORIZATION
-        || name == header::PROXY_AUTHENTICATE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
-}
+/// Hop-by-hop whatever `Connection` says (RFC 9110 section 7.6.1, plus the
+/// legacy Keep-Alive and Proxy-Connection).
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
 
 /// Removes hop-by-hop headers: the fixed set and whatever `Connection`
 /// lists. For an upgrade, `Connection: upgrade` and `Upgrade` are kept so the
 /// next hop sees the request to switch.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages have none (a header listed in Connection needs a
-    // Connection header): one walk over the names, no lookups.
-    if !headers.keys().any(is_hop_by_hop) {
+    // One walk over the names finds which of the fixed set are there
+    // (standard names compare as enum values), so only those are looked
+    // up; most requests have none, most responses one (Connection).
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
         return;
     }
     let upgrade = is_upgrade(headers);
+    // Listed names of the fixed set go below anyway; the others are made
+    // into names (an allocation each) only here.
     let listed: Vec<HeaderName> = connection_tokens(headers)
+        .filter(|token| {
+            !HOP_BY_HOP
+                .iter()
+                .any(|hop| hop.as_str().eq_ignore_ascii_case(token))
+        })
         .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .collect();
     for name in listed {
-        if !(upgrade && name == header::UPGRADE) {
-            headers.remove(name);
-        }
-    }
-    let upgrade_value = headers.get(header::UPGRADE).cloned();
-    for name in [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-    ] {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
-    if let (true, Some(value)) = (upgrade, upgrade_value) {
+    let upgrade_value = if upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, there)| *there) {
+        headers.remove(name);
+    }
+    if let Some(value) = upgrade_value {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, value);
     }
@@ -234,6 +240,15 @@ mod tests {
         headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         remove_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
+
+        // Listed by Connection, in any case, and nothing else of the set.
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("X-Private"));
+        headers.insert("x-private", HeaderValue::from_static("1"));
+        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key(header::ACCEPT));
 
         let mut headers = HeaderMap::new();
         headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
