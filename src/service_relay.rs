@@ -12,6 +12,7 @@ mod exit;
 pub(crate) mod forward;
 mod headers;
 mod metrics;
+mod pool;
 mod target;
 
 use std::{collections::HashMap, net::SocketAddr, path::PathBuf, sync::Mutex, time::Duration};
@@ -231,7 +232,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
             let upstream = Upstream::new(UpstreamConfig {
                 roots,
                 server_name: None,
-                resolver: directory.resolver(),
+                directory: directory.clone(),
                 limits,
             })?;
             readiness.check("relay").ready("direct mode");
@@ -288,7 +289,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
             let upstream = Upstream::new(UpstreamConfig {
                 roots,
                 server_name: None,
-                resolver: directory.resolver(),
+                directory: directory.clone(),
                 limits,
             })?;
             Relay::Exit(Exit {

@@ -297,13 +297,12 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     let upstream = Upstream::new(UpstreamConfig {
         roots: roots(&args.backend_ca_files, "--backend-ca-file")?,
         server_name: None,
-        resolver: Directory::new(
+        directory: Directory::new(
             None,
             Resolution::Dns,
             Default::default(),
             Duration::from_secs(5),
-        )
-        .resolver(),
+        ),
         limits: Limits {
             connect_timeout: args.backend_timeout,
             response_timeout: args.backend_timeout,

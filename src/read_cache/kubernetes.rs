@@ -55,7 +55,7 @@ use crate::{
     http_server::{Body, BoxError, full, text},
     kube_client::KubeArgs,
     managed_kubeconfig::{Current, ManagedKubeconfig, ManagedKubeconfigArgs},
-    service_relay::forward::{ForwardError, Limits, Upstream},
+    service_relay::forward::{Destination, ForwardError, Limits, Upstream},
 };
 
 /// Flags of the kubernetes profile.
@@ -301,7 +301,8 @@ impl KubeCache {
                 async move {
                     let generation = type_key.as_deref().map(|t| self.freshness.generation(t));
                     let lifetime = self.freshness.lifetime(type_key.as_deref());
-                    let response = upstream.forward(request, uri, peer, "http").await?;
+                    let to = Destination::from_uri(uri).ok_or(ForwardError::BadTarget)?;
+                    let response = upstream.forward(request, to, peer, "http").await?;
                     if response.status() != StatusCode::OK {
                         *own = Some(response);
                         return Ok(Shared::Own);
@@ -420,7 +421,10 @@ async fn pass(
     uri: Uri,
     peer: SocketAddr,
 ) -> Response<Body> {
-    match upstream.forward(request, uri, peer, "http").await {
+    let Some(to) = Destination::from_uri(uri) else {
+        return ForwardError::BadTarget.response();
+    };
+    match upstream.forward(request, to, peer, "http").await {
         Ok(response) => response,
         Err(err) => {
             tracing::warn!(%peer, error = %err, "upstream request failed");

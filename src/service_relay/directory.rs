@@ -6,20 +6,15 @@
 
 use std::{
     collections::HashMap,
-    future::Future,
-    net::{IpAddr, SocketAddr},
-    pin::Pin,
+    net::IpAddr,
     sync::{Arc, Mutex},
-    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
-use hyper_util::client::legacy::connect::dns::Name;
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use kube::Api;
 
 use super::target::{Port, Target};
-use crate::http_server::BoxError;
 
 /// How target names are resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -88,7 +83,12 @@ struct Inner {
 
 /// The host name of a target.
 pub fn host(target: &Target) -> String {
-    format!("{}.{}.svc", target.name, target.namespace)
+    // Room for the `:port` the exit relay appends.
+    let mut host = String::with_capacity(target.name.len() + target.namespace.len() + 11);
+    for part in [&target.name, ".", &target.namespace, ".svc"] {
+        host.push_str(part);
+    }
+    host
 }
 
 impl Directory {
@@ -106,13 +106,6 @@ impl Directory {
                 ttl,
                 cache: Mutex::new(HashMap::new()),
             }),
-        }
-    }
-
-    /// A resolver for the upstream connector, backed by this directory.
-    pub fn resolver(&self) -> Resolver {
-        Resolver {
-            directory: self.clone(),
         }
     }
 
@@ -255,34 +248,5 @@ impl Directory {
             },
         );
         Ok(fresh)
-    }
-}
-
-/// The connector's name resolver.
-#[derive(Clone)]
-pub struct Resolver {
-    directory: Directory,
-}
-
-impl tower_service::Service<Name> for Resolver {
-    type Response = std::vec::IntoIter<SocketAddr>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, name: Name) -> Self::Future {
-        let directory = self.directory.clone();
-        Box::pin(async move {
-            let addresses = directory.addresses(name.as_str()).await?;
-            // The connector puts the URI's port on each address.
-            Ok(addresses
-                .into_iter()
-                .map(|ip| SocketAddr::new(ip, 0))
-                .collect::<Vec<_>>()
-                .into_iter())
-        })
     }
 }

@@ -17,7 +17,7 @@ use secrecy::ExposeSecret;
 use super::{
     directory::{Directory, host},
     exit::lookup_response,
-    forward::{Limits, Upstream},
+    forward::{Destination, Limits, Upstream},
     headers::{self, take_cluster_proxy_headers},
     metrics::RelayMetrics,
     target::{self, Target},
@@ -172,10 +172,10 @@ impl Entry {
         uri: String,
         peer: SocketAddr,
     ) -> Response<Body> {
-        let Ok(uri) = uri.parse() else {
+        let Some(to) = uri.parse().ok().and_then(Destination::from_uri) else {
             return text(StatusCode::BAD_REQUEST, "invalid path\n");
         };
-        match upstream.forward(request, uri, peer, "http").await {
+        match upstream.forward(request, to, peer, "http").await {
             Ok(response) => response,
             Err(err) => {
                 self.metrics.upstream_error("entry", err.reason());

@@ -2,18 +2,20 @@
 //! every `Cluster-Proxy-*` header, restore the caller's `Authorization`, and
 //! forward to the target Service named by the routing headers.
 
-use std::net::SocketAddr;
+use std::{fmt::Write as _, net::SocketAddr};
 
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header, uri::Authority};
 use hyper::body::Incoming;
 
 use super::{
     caller::{Callers, Verdict},
     directory::{Directory, LookupError, host},
-    forward::Upstream,
+    forward::{Destination, Upstream},
     headers::{self, bearer_token, take_cluster_proxy_headers},
     metrics::RelayMetrics,
-    target::{self, Target},
+    pool::Origin,
+    target::{self, Scheme, Target},
 };
 use crate::http_server::{Body, text};
 
@@ -24,7 +26,7 @@ pub struct Exit {
     pub metrics: RelayMetrics,
 }
 
-fn header_str<'a>(request: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+fn header_str<'a>(request: &'a Request<Incoming>, name: &HeaderName) -> Option<&'a str> {
     request.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -53,11 +55,31 @@ pub fn lookup_response(err: &LookupError) -> Response<Body> {
     }
 }
 
+/// Where the request for `target` goes: `<name>.<namespace>.svc:<port>`,
+/// asked for the path and query the request came with.
+fn destination(target: &Target, port: u16, uri: &Uri) -> Option<Destination> {
+    let mut authority = host(target);
+    // Writing to a String cannot fail.
+    let _ = write!(authority, ":{port}");
+    let path = match uri.path_and_query() {
+        // The request's own target, shared rather than copied.
+        Some(path) if path.as_str() == target.path_and_query => Uri::from(path.clone()),
+        _ => target.path_and_query.parse().ok()?,
+    };
+    Some(Destination {
+        origin: Origin {
+            https: target.scheme == Scheme::Https,
+            authority: Authority::from_maybe_shared(Bytes::from(authority)).ok()?,
+        },
+        path,
+    })
+}
+
 impl Exit {
     pub async fn handle(&self, mut request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let Some(token) = request
             .headers()
-            .get(headers::RELAY_AUTHORIZATION)
+            .get(&headers::RELAY_AUTHORIZATION_NAME)
             .and_then(bearer_token)
         else {
             self.metrics.rejected("no_credential");
@@ -86,28 +108,23 @@ impl Exit {
                 );
             }
         }
-        let path_and_query = request
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_else(|| "/".into());
         let target: Target = match target::from_headers(
-            header_str(&request, headers::PROTO),
-            header_str(&request, headers::NAMESPACE),
-            header_str(&request, headers::SERVICE),
-            header_str(&request, headers::PORT),
-            &path_and_query,
+            header_str(&request, &headers::PROTO_NAME),
+            header_str(&request, &headers::NAMESPACE_NAME),
+            header_str(&request, &headers::SERVICE_NAME),
+            header_str(&request, &headers::PORT_NAME),
+            request.uri().path_and_query().map_or("/", |p| p.as_str()),
         ) {
             Ok(target) => target,
             Err(err) => return text(StatusCode::BAD_REQUEST, format!("{err}\n")),
         };
-        let authorization = take_cluster_proxy_headers(request.headers_mut());
-        request.headers_mut().remove(header::AUTHORIZATION);
-        if let Some(authorization) = authorization {
-            request
+        // The caller's own credential, or none: never the relay's.
+        match take_cluster_proxy_headers(request.headers_mut()) {
+            Some(authorization) => request
                 .headers_mut()
-                .insert(header::AUTHORIZATION, authorization);
-        }
+                .insert(header::AUTHORIZATION, authorization),
+            None => request.headers_mut().remove(header::AUTHORIZATION),
+        };
         let port = match self.directory.port(&target).await {
             Ok(port) => port,
             Err(err) => {
@@ -116,18 +133,10 @@ impl Exit {
                 return lookup_response(&err);
             }
         };
-        let uri = match format!(
-            "{}://{}:{port}{}",
-            target.scheme.as_str(),
-            host(&target),
-            target.path_and_query
-        )
-        .parse()
-        {
-            Ok(uri) => uri,
-            Err(_) => return text(StatusCode::BAD_REQUEST, "invalid path\n"),
+        let Some(to) = destination(&target, port, request.uri()) else {
+            return text(StatusCode::BAD_REQUEST, "invalid path\n");
         };
-        match self.upstream.forward(request, uri, peer, "http").await {
+        match self.upstream.forward(request, to, peer, "http").await {
             Ok(response) => response,
             Err(err) => {
                 self.metrics.upstream_error("exit", err.reason());

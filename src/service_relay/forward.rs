@@ -3,21 +3,26 @@
 //! upgrades spliced, a timeout on the response head, and upstream failures
 //! mapped to a gateway status once, here.
 
-use std::{io::BufReader, net::SocketAddr, sync::Arc, time::Duration};
-
-use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioIo},
+use std::{
+    io::BufReader,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Duration,
 };
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, Uri, header, uri::PathAndQuery};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioIo;
 use rustls::{ClientConfig, RootCertStore};
 
 use super::{
-    directory::Resolver,
+    directory::Directory,
     headers::{add_forwarded, is_upgrade, remove_hop_by_hop},
+    pool::{ConnectError, Connector, Origin, Pool},
 };
 use crate::http_server::{Body, BoxError, text};
 
@@ -49,10 +54,10 @@ pub fn roots_from_pem(pem: &[u8], what: &str) -> Result<RootCertStore, TlsError>
     Ok(roots)
 }
 
-/// A pooled HTTP/1.1 client for http and https upstreams.
+/// A pooled HTTP/1.1 client for http and https upstreams; cheap to clone.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector<Resolver>>, Body>,
+    pool: Pool,
     response_timeout: Duration,
     max_body_bytes: Option<u64>,
 }
@@ -71,41 +76,67 @@ pub struct UpstreamConfig {
     pub roots: RootCertStore,
     /// Verify the server as this name instead of the URI's host.
     pub server_name: Option<String>,
-    pub resolver: Resolver,
+    /// Resolves the names of upstream hosts.
+    pub directory: Directory,
     pub limits: Limits,
+}
+
+/// Where a request goes: the origin to connect to and the request target
+/// (path and query, origin-form) to ask it for.
+pub struct Destination {
+    pub origin: Origin,
+    pub path: Uri,
+}
+
+impl Destination {
+    /// From an absolute http or https URI; `None` for any other.
+    pub fn from_uri(uri: Uri) -> Option<Destination> {
+        let parts = uri.into_parts();
+        let https = match parts.scheme.as_ref().map(http::uri::Scheme::as_str) {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return None,
+        };
+        let path = Uri::from(
+            parts
+                .path_and_query
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        Some(Destination {
+            origin: Origin {
+                https,
+                authority: parts.authority?,
+            },
+            path,
+        })
+    }
 }
 
 impl Upstream {
     pub fn new(config: UpstreamConfig) -> Result<Self, TlsError> {
+        // No ALPN: HTTP/1.1 only, as upgrades (WebSocket, SPDY) are not
+        // possible over h2.
         let tls =
             ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()
                 .map_err(|err| TlsError::Read("TLS".into(), err.to_string()))?
                 .with_root_certificates(config.roots)
                 .with_no_client_auth();
-        let mut http = HttpConnector::new_with_resolver(config.resolver);
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.limits.connect_timeout));
-        let builder = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http();
-        let builder = match config.server_name {
-            Some(name) => {
-                let name = rustls::pki_types::ServerName::try_from(name.clone())
-                    .map_err(|_| TlsError::ServerName(name))?;
-                builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
-            }
-            None => builder,
+        let server_name = match config.server_name {
+            Some(name) => Some(
+                rustls::pki_types::ServerName::try_from(name.clone())
+                    .map_err(|_| TlsError::ServerName(name))?,
+            ),
+            None => None,
         };
-        // HTTP/1.1 only: upgrades (WebSocket, SPDY) are not possible over h2.
-        let connector = builder.enable_http1().wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
-            .build(connector);
+        let pool = Pool::new(Connector {
+            tls: Arc::new(tls),
+            server_name,
+            directory: config.directory,
+            connect_timeout: config.limits.connect_timeout,
+        });
         Ok(Self {
-            client,
+            pool,
             response_timeout: config.limits.response_timeout,
             max_body_bytes: config.limits.max_body_bytes,
         })
@@ -139,34 +170,44 @@ impl Upstream {
         Self::new(UpstreamConfig {
             roots,
             server_name: cluster.tls_server_name.clone(),
-            resolver: super::directory::Directory::new(
+            directory: super::directory::Directory::new(
                 None,
                 super::directory::Resolution::Dns,
                 Default::default(),
                 Duration::from_secs(5),
-            )
-            .resolver(),
+            ),
             limits,
         })
         .map_err(|err| err.to_string())
     }
 
-    /// Sends a request of our own (its URI absolute) and returns the
-    /// upstream's response, within the response timeout.
-    pub async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, ForwardError> {
-        match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
+    /// Sends a request of our own (its URI absolute, its body whole) and
+    /// returns the upstream's response, within the response timeout.
+    pub async fn send(&self, request: Request<Bytes>) -> Result<Response<Incoming>, ForwardError> {
+        let (mut parts, body) = request.into_parts();
+        let Some(to) = Destination::from_uri(parts.uri.clone()) else {
+            return Err(ForwardError::BadTarget);
+        };
+        if let Ok(host) = HeaderValue::from_str(to.origin.authority.as_str()) {
+            parts.headers.insert(header::HOST, host);
+        }
+        parts.uri = to.path;
+        parts.version = http::Version::HTTP_11;
+        let request = Request::from_parts(parts, RequestBody::whole(body));
+        match tokio::time::timeout(self.response_timeout, self.exchange(&to.origin, request)).await
+        {
             Err(_) => Err(ForwardError::Timeout),
-            Ok(Err(err)) => Err(ForwardError::Upstream(err)),
-            Ok(Ok(response)) => Ok(response),
+            Ok(result) => result,
         }
     }
 
     /// Sends `request` to `uri` and returns the response to give the client.
+    /// Sends `request` to `to` and returns the response to give the client.
     /// `proto` is the scheme the client used, for `X-Forwarded-Proto`.
     pub async fn forward(
         &self,
         mut request: Request<Incoming>,
-        uri: Uri,
+        to: Destination,
         peer: SocketAddr,
         proto: &str,
     ) -> Result<Response<Body>, ForwardError> {
@@ -185,31 +226,23 @@ impl Upstream {
         let (mut parts, body) = request.into_parts();
         remove_hop_by_hop(&mut parts.headers);
         add_forwarded(&mut parts.headers, peer.ip(), proto);
-        // The client sets Host from the URI.
-        parts.headers.remove(header::HOST);
-        if let Some(authority) = uri.authority()
-            && let Ok(host) = HeaderValue::from_str(authority.as_str())
-        {
+        // Host names the upstream, as a client of it would.
+        if let Ok(host) = HeaderValue::from_str(to.origin.authority.as_str()) {
             parts.headers.insert(header::HOST, host);
         }
-        parts.uri = uri;
+        parts.uri = to.path;
         parts.version = http::Version::HTTP_11;
-        let body = body.map_err(|err| Box::new(err) as BoxError);
         // A body without a declared length is cut off at the limit.
-        let body = match self.max_body_bytes {
-            Some(limit) => {
-                http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
-                    .boxed()
-            }
-            None => body.boxed(),
+        let body = RequestBody {
+            inner: Source::Client(body),
+            remaining: self.max_body_bytes,
         };
         let request = Request::from_parts(parts, body);
-        let mut response =
-            match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
-                Err(_) => return Err(ForwardError::Timeout),
-                Ok(Err(err)) => return Err(ForwardError::Upstream(err)),
-                Ok(Ok(response)) => response,
-            };
+        let exchange = self.exchange(&to.origin, request);
+        let mut response = match tokio::time::timeout(self.response_timeout, exchange).await {
+            Err(_) => return Err(ForwardError::Timeout),
+            Ok(result) => result?,
+        };
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
         {
@@ -241,6 +274,115 @@ impl Upstream {
             body.map_err(|err| Box::new(err) as BoxError).boxed(),
         ))
     }
+
+    /// One request on a pooled connection, or on a new one. A pooled
+    /// connection the upstream closed before taking the request (a race
+    /// with its keep-alive timeout) hands the request back, and it goes on
+    /// the next connection instead.
+    async fn exchange(
+        &self,
+        origin: &Origin,
+        mut request: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        loop {
+            let (mut sender, pooled) = match self.pool.idle(origin) {
+                Some(sender) => (sender, true),
+                // Boxed: the connect future (TLS handshake included) is
+                // large, and every request would otherwise move it around.
+                None => (Box::pin(self.pool.connect(origin)).await?, false),
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    // After a switch of protocols the connection is the
+                    // client's; otherwise it can serve another request once
+                    // this response has ended.
+                    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                        self.pool.put(origin, sender);
+                    }
+                    return Ok(response);
+                }
+                Err(mut err) => match err.take_message() {
+                    Some(unsent) if pooled => request = unsent,
+                    _ => return Err(ForwardError::Upstream(err.into_error())),
+                },
+            }
+        }
+    }
+}
+
+/// A request body on its way upstream: the client's, streamed and cut off
+/// with an error past the body limit when it has one, or one of our own
+/// (a review, a delivery), whole.
+pub struct RequestBody {
+    inner: Source,
+    remaining: Option<u64>,
+}
+
+enum Source {
+    Client(Incoming),
+    /// `None` once sent.
+    Whole(Option<Bytes>),
+}
+
+impl RequestBody {
+    /// A body of our own.
+    pub fn whole(bytes: Bytes) -> Self {
+        Self {
+            inner: Source::Whole(Some(bytes).filter(|b| !b.is_empty())),
+            remaining: None,
+        }
+    }
+}
+
+/// A request body went past `--max-request-body-bytes`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is larger than the limit")]
+struct BodyTooLarge;
+
+impl hyper::body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let inner = match &mut this.inner {
+            Source::Whole(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Source::Client(inner) => inner,
+        };
+        match ready!(Pin::new(inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let (Some(remaining), Some(data)) = (this.remaining.as_mut(), frame.data_ref()) {
+                    let length = data.len() as u64;
+                    if length > *remaining {
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                    *remaining -= length;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(err)) => Poll::Ready(Some(Err(Box::new(err)))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Source::Client(inner) => inner.is_end_stream(),
+            Source::Whole(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Source::Client(inner) => inner.size_hint(),
+            Source::Whole(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
 }
 
 /// An upstream failure, before any response byte reached the client.
@@ -251,7 +393,11 @@ pub enum ForwardError {
     #[error("no response head within the timeout")]
     Timeout,
     #[error("upstream: {0}")]
-    Upstream(#[source] hyper_util::client::legacy::Error),
+    Connect(#[from] ConnectError),
+    #[error("upstream: {0}")]
+    Upstream(#[source] hyper::Error),
+    #[error("not an absolute http or https URL")]
+    BadTarget,
 }
 
 impl ForwardError {
@@ -260,7 +406,8 @@ impl ForwardError {
         match self {
             ForwardError::TooLarge => "too_large",
             ForwardError::Timeout => "timeout",
-            ForwardError::Upstream(_) => "connect",
+            ForwardError::Connect(_) | ForwardError::Upstream(_) => "connect",
+            ForwardError::BadTarget => "bad_target",
         }
     }
 
@@ -274,10 +421,11 @@ impl ForwardError {
                 StatusCode::GATEWAY_TIMEOUT,
                 "gateway timeout: the upstream did not answer in time\n",
             ),
-            ForwardError::Upstream(_) => text(
+            ForwardError::Connect(_) | ForwardError::Upstream(_) => text(
                 StatusCode::BAD_GATEWAY,
                 "bad gateway: the upstream could not be reached\n",
             ),
+            ForwardError::BadTarget => text(StatusCode::BAD_GATEWAY, "bad gateway\n"),
         }
     }
 }

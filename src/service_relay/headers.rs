@@ -18,32 +18,50 @@ pub const SERVICE: &str = "Cluster-Proxy-Service";
 pub const PORT: &str = "Cluster-Proxy-Port";
 const PREFIX: &str = "cluster-proxy-";
 
-/// The `Cluster-Proxy-*` names this relay sets, parsed once.
-static KNOWN: [HeaderName; 6] = [
-    HeaderName::from_static("cluster-proxy-authorization"),
-    HeaderName::from_static("cluster-proxy-relay-authorization"),
-    HeaderName::from_static("cluster-proxy-proto"),
-    HeaderName::from_static("cluster-proxy-namespace"),
-    HeaderName::from_static("cluster-proxy-service"),
-    HeaderName::from_static("cluster-proxy-port"),
+/// The `Cluster-Proxy-*` names, parsed once: looking a header up by `&str`
+/// parses the name on every call.
+pub static AUTHORIZATION_NAME: HeaderName = HeaderName::from_static("cluster-proxy-authorization");
+pub static RELAY_AUTHORIZATION_NAME: HeaderName =
+    HeaderName::from_static("cluster-proxy-relay-authorization");
+pub static PROTO_NAME: HeaderName = HeaderName::from_static("cluster-proxy-proto");
+pub static NAMESPACE_NAME: HeaderName = HeaderName::from_static("cluster-proxy-namespace");
+pub static SERVICE_NAME: HeaderName = HeaderName::from_static("cluster-proxy-service");
+pub static PORT_NAME: HeaderName = HeaderName::from_static("cluster-proxy-port");
+static KNOWN: [&HeaderName; 6] = [
+    &AUTHORIZATION_NAME,
+    &RELAY_AUTHORIZATION_NAME,
+    &PROTO_NAME,
+    &NAMESPACE_NAME,
+    &SERVICE_NAME,
+    &PORT_NAME,
 ];
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+fn has_prefix(name: &HeaderName) -> bool {
+    name.as_str().starts_with(PREFIX)
+}
+
 /// Removes every `Cluster-Proxy-*` header (whatever a client sent), and
 /// returns the value of `Cluster-Proxy-Authorization` it held, if any.
 pub fn take_cluster_proxy_headers(headers: &mut HeaderMap) -> Option<HeaderValue> {
-    let authorization = headers.remove(&KNOWN[0]);
+    // A walk over the names is cheaper than looking each one up, and most
+    // requests at the entry carry none.
+    let present = headers.keys().filter(|name| has_prefix(name)).count();
+    if present == 0 {
+        return None;
+    }
+    let authorization = headers.remove(KNOWN[0]);
+    let mut removed = usize::from(authorization.is_some());
     for name in &KNOWN[1..] {
-        headers.remove(name);
+        if removed == present {
+            return authorization;
+        }
+        removed += usize::from(headers.remove(*name).is_some());
     }
     // Any other name with the prefix (rare): found, then removed.
-    while let Some(name) = headers
-        .keys()
-        .find(|name| name.as_str().starts_with(PREFIX))
-        .cloned()
-    {
+    while let Some(name) = headers.keys().find(|name| has_prefix(name)).cloned() {
         headers.remove(name);
     }
     authorization
@@ -65,34 +83,59 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|token| !token.is_empty())
 }
 
+/// Hop-by-hop whatever `Connection` says (RFC 9110 section 7.6.1, plus the
+/// legacy Keep-Alive and Proxy-Connection).
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
 /// Removes hop-by-hop headers: the fixed set and whatever `Connection`
 /// lists. For an upgrade, `Connection: upgrade` and `Upgrade` are kept so the
 /// next hop sees the request to switch.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // One walk over the names finds which of the fixed set are there
+    // (standard names compare as enum values), so only those are looked
+    // up; most requests have none, most responses one (Connection).
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
+        return;
+    }
     let upgrade = is_upgrade(headers);
+    // Listed names of the fixed set go below anyway; the others are made
+    // into names (an allocation each) only here.
     let listed: Vec<HeaderName> = connection_tokens(headers)
+        .filter(|token| {
+            !HOP_BY_HOP
+                .iter()
+                .any(|hop| hop.as_str().eq_ignore_ascii_case(token))
+        })
         .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .collect();
     for name in listed {
-        if !(upgrade && name == header::UPGRADE) {
-            headers.remove(name);
-        }
-    }
-    let upgrade_value = headers.get(header::UPGRADE).cloned();
-    for name in [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-    ] {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
-    if let (true, Some(value)) = (upgrade, upgrade_value) {
+    let upgrade_value = if upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, there)| *there) {
+        headers.remove(name);
+    }
+    if let Some(value) = upgrade_value {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, value);
     }
@@ -101,29 +144,62 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// Appends the peer to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host` unless an earlier hop set them.
 pub fn add_forwarded(headers: &mut HeaderMap, peer: IpAddr, proto: &str) {
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {peer}"),
-        None => peer.to_string(),
+    let mut buf = [0; 15];
+    let peer_text = match peer {
+        IpAddr::V4(v4) => ipv4_text(v4, &mut buf),
+        IpAddr::V6(_) => "",
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    let forwarded_for = match (
+        headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()),
+        peer,
+    ) {
+        (Some(earlier), _) => HeaderValue::from_str(&format!("{earlier}, {peer}")),
+        (None, IpAddr::V4(_)) => HeaderValue::from_str(peer_text),
+        (None, IpAddr::V6(_)) => HeaderValue::from_str(&peer.to_string()),
+    };
+    if let Ok(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(
-            X_FORWARDED_PROTO.clone(),
-            HeaderValue::from_static(if proto == "https" { "https" } else { "http" }),
-        );
+    let host = headers.get(header::HOST).cloned();
+    headers.entry(X_FORWARDED_PROTO.clone()).or_insert_with(|| {
+        HeaderValue::from_static(if proto == "https" { "https" } else { "http" })
+    });
+    if let Some(host) = host {
+        headers.entry(X_FORWARDED_HOST.clone()).or_insert(host);
     }
-    if !headers.contains_key(&X_FORWARDED_HOST)
-        && let Some(host) = headers.get(header::HOST).cloned()
-    {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
+}
+
+/// An IPv4 address in dotted decimal, without the formatting machinery
+/// (it showed in the exit relay's profile).
+fn ipv4_text(ip: std::net::Ipv4Addr, buf: &mut [u8; 15]) -> &str {
+    let mut at = 0;
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[at] = b'.';
+            at += 1;
+        }
+        if octet >= 100 {
+            buf[at] = b'0' + octet / 100;
+            at += 1;
+        }
+        if octet >= 10 {
+            buf[at] = b'0' + octet / 10 % 10;
+            at += 1;
+        }
+        buf[at] = b'0' + octet % 10;
+        at += 1;
     }
+    std::str::from_utf8(&buf[..at]).expect("digits and dots are ASCII")
 }
 
 /// The token of a `Bearer` credential.
 pub fn bearer_token(value: &HeaderValue) -> Option<&str> {
-    let text = value.to_str().ok()?;
+    // What to_str accepts, checked a word at a time rather than a byte at
+    // a time (a relay token is about 1 KiB): parsed header values hold no
+    // control characters but tab, so ASCII here means visible ASCII.
+    let text = std::str::from_utf8(value.as_bytes())
+        .ok()
+        .filter(|text| text.is_ascii())?;
     let (scheme, token) = text.split_once(' ')?;
     (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
 }
@@ -165,6 +241,15 @@ mod tests {
         remove_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
 
+        // Listed by Connection, in any case, and nothing else of the set.
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("X-Private"));
+        headers.insert("x-private", HeaderValue::from_static("1"));
+        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key(header::ACCEPT));
+
         let mut headers = HeaderMap::new();
         headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -185,6 +270,35 @@ mod tests {
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 10.0.0.2");
         assert_eq!(headers["x-forwarded-proto"], "http");
         assert_eq!(headers["x-forwarded-host"], "relay.example");
+    }
+
+    #[test]
+    fn ipv4_addresses_print_as_display_does() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "1.10.100.9",
+        ] {
+            let ip: std::net::Ipv4Addr = ip.parse().expect("ip");
+            assert_eq!(ipv4_text(ip, &mut [0; 15]), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn forwarded_headers_keep_an_earlier_hops() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        headers.insert(
+            "x-forwarded-host",
+            HeaderValue::from_static("outer.example"),
+        );
+        headers.insert(header::HOST, HeaderValue::from_static("relay.example"));
+        add_forwarded(&mut headers, "::1".parse().expect("ip"), "http");
+        assert_eq!(headers["x-forwarded-for"], "::1");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        assert_eq!(headers["x-forwarded-host"], "outer.example");
     }
 
     #[test]

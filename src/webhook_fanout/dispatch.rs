@@ -20,7 +20,7 @@ use super::{
     journal::{Delivery, Journal, now_ms},
     metrics::FanoutMetrics,
 };
-use crate::{http_server::full, service_relay::forward::Upstream};
+use crate::service_relay::forward::Upstream;
 
 /// When to try again.
 #[derive(Debug, Clone, Copy)]
@@ -228,7 +228,7 @@ impl Dispatcher {
         let mut request = Request::builder()
             .method(Method::POST)
             .uri(url.clone())
-            .body(full(delivery.body.clone()))
+            .body(delivery.body.clone())
             .expect("a valid URI and method");
         let headers = request.headers_mut();
         for (name, value) in &delivery.headers {

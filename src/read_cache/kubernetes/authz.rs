@@ -22,7 +22,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::attrs::Attributes;
-use crate::{coalesce::Coalescer, http_server::full, service_relay::forward::Upstream};
+use crate::{coalesce::Coalescer, service_relay::forward::Upstream};
 
 /// The apiserver's answer for one caller and request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -229,7 +229,7 @@ async fn review(
         .uri(uri)
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::ACCEPT, "application/json")
-        .body(full(Bytes::from(body)))
+        .body(Bytes::from(body))
         .expect("static request parts are valid");
     if let Some(credential) = credential {
         request
