@@ -144,9 +144,17 @@ const READER_ROLE: &str = "apiVersion: rbac.authorization.k8s.io/v1\nkind: Clust
     rules: [{apiGroups: [\"\"], resources: [configmaps], verbs: [get, list, watch]}]\n";
 
 fn setup(namespace: &str, managed: &ControlPlane) -> &'static ControlPlane {
-    managed
-        .kubectl_with_stdin(&["apply", "-f", "-"], READER_ROLE.as_bytes())
-        .expect("reader role");
+    // One apply at a time: two at once can both find the role missing, and
+    // the second create then fails with AlreadyExists.
+    static APPLY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    {
+        let _one = APPLY
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        managed
+            .kubectl_with_stdin(&["apply", "-f", "-"], READER_ROLE.as_bytes())
+            .expect("reader role");
+    }
     let hosting = shared("hosting");
     hosting.ensure_namespace(namespace).expect("namespace");
     put_source(hosting, namespace, &managed.kubeconfig_yaml());

@@ -147,6 +147,11 @@ fn kubeconfig_with_token(plane: &ControlPlane, token: &str) -> String {
 }
 
 fn start(plane: &'static ControlPlane, extra: &[&str]) -> anyhow::Result<Fixture> {
+    // One setup at a time: concurrent applies can race to create an object.
+    static SETTING_UP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let one = SETTING_UP
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     plane.kubectl_with_stdin(&["apply", "-f", "-"], SETUP.as_bytes())?;
     for i in 0..6 {
         let label = if i % 2 == 0 { "app=x" } else { "app=y" };
@@ -169,6 +174,7 @@ fn start(plane: &'static ControlPlane, extra: &[&str]) -> anyhow::Result<Fixture
         ])?;
         plane.kubectl_ok(&["label", "configmap", &name, "-n", "a", label])?;
     }
+    drop(one);
     let kubeconfig = run_dir().join(format!("read-cache-{}.kubeconfig", plane.name()));
     std::fs::write(
         &kubeconfig,
