@@ -52,6 +52,37 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Response<Body>> + Send;
 }
 
+/// The serving flags every HTTP component shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Most client connections served at once; further ones are closed.
+    #[arg(long, env = "CLUSTER_RELAY_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Time a client has to send a request head (and, with TLS, to finish
+    /// the handshake).
+    #[arg(long, env = "CLUSTER_RELAY_HEADER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
+}
+
+impl ServeArgs {
+    /// Validates the flags (the certificate included) into a config; call
+    /// it before binding anything.
+    pub fn config(&self) -> anyhow::Result<ServerConfig> {
+        if self.max_connections == 0 {
+            anyhow::bail!("--max-connections must be at least 1");
+        }
+        Ok(ServerConfig {
+            max_connections: self.max_connections,
+            header_timeout: self.header_timeout,
+            tls: self.tls.acceptor()?,
+        })
+    }
+}
+
 /// Serving limits, and TLS when configured.
 #[derive(Clone)]
 pub struct ServerConfig {

@@ -35,11 +35,10 @@ use self::{
 };
 use crate::{
     admin::{AdminArgs, AdminState, Readiness},
-    http_server::{self, Body, Handler, ServerConfig},
+    http_server::{self, Body, Handler, ServeArgs},
     kube_client::KubeArgs,
     net,
     shutdown::{Shutdown, ShutdownArgs},
-    tls::TlsArgs,
 };
 
 /// Which upstream the cache stands in front of.
@@ -101,14 +100,6 @@ pub struct Args {
     #[arg(long, env = "CLUSTER_RELAY_RESPONSE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub response_timeout: Duration,
 
-    /// Most client connections served at once.
-    #[arg(long, env = "CLUSTER_RELAY_MAX_CONNECTIONS", default_value_t = 10_000)]
-    pub max_connections: usize,
-
-    /// Time a client has to send a request head.
-    #[arg(long, env = "CLUSTER_RELAY_HEADER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub header_timeout: Duration,
-
     #[command(flatten)]
     pub kubernetes: KubernetesArgs,
 
@@ -116,7 +107,7 @@ pub struct Args {
     pub etag: EtagArgs,
 
     #[command(flatten)]
-    pub tls: TlsArgs,
+    pub serve: ServeArgs,
 
     #[command(flatten)]
     pub admin: AdminArgs,
@@ -204,10 +195,7 @@ impl Handler for CacheServer {
 /// Runs the cache until shutdown.
 pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     // Checked before anything is bound or started.
-    let tls = args.tls.acceptor()?;
-    if args.max_connections == 0 {
-        anyhow::bail!("--max-connections must be at least 1");
-    }
+    let server = args.serve.config()?;
     if args.max_bytes == 0 {
         anyhow::bail!("--max-bytes must be above 0");
     }
@@ -257,11 +245,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     http_server::serve(
         listener,
         Arc::new(CacheServer { cache, metrics }),
-        ServerConfig {
-            max_connections: args.max_connections,
-            header_timeout: args.header_timeout,
-            tls,
-        },
+        server,
         shutdown,
     )
     .await;

@@ -15,7 +15,7 @@ mod metrics;
 mod pool;
 mod target;
 
-use std::{collections::HashMap, net::SocketAddr, path::PathBuf, sync::Mutex, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -28,17 +28,16 @@ use self::{
     directory::{Directory, parse_resolve},
     entry::{Entry, ExitService, Mode},
     exit::Exit,
-    forward::{Limits, Upstream, UpstreamConfig, roots_from_pem},
+    forward::{KubeconfigUpstream, Limits, Upstream, UpstreamConfig, roots_from_pem},
     metrics::RelayMetrics,
 };
 use crate::{
     admin::{AdminArgs, AdminState, Readiness},
-    http_server::{self, Body, Handler, ServerConfig},
+    http_server::{self, Body, Handler, ServeArgs},
     kube_client::KubeArgs,
     managed_kubeconfig::ManagedKubeconfigArgs,
     net,
     shutdown::{Shutdown, ShutdownArgs},
-    tls::TlsArgs,
 };
 
 /// Which side of the relay this process is.
@@ -146,16 +145,8 @@ pub struct Args {
     )]
     pub max_request_body_bytes: u64,
 
-    /// Most client connections served at once.
-    #[arg(long, env = "CLUSTER_RELAY_MAX_CONNECTIONS", default_value_t = 10_000)]
-    pub max_connections: usize,
-
-    /// Time a client has to send a request head.
-    #[arg(long, env = "CLUSTER_RELAY_HEADER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub header_timeout: Duration,
-
     #[command(flatten)]
-    pub tls: TlsArgs,
+    pub serve: ServeArgs,
 
     #[command(flatten)]
     pub admin: AdminArgs,
@@ -207,10 +198,7 @@ fn upstream_roots(files: &[PathBuf]) -> anyhow::Result<RootCertStore> {
 /// Runs the relay until shutdown.
 pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     // Checked before anything is bound or started.
-    let tls = args.tls.acceptor()?;
-    if args.max_connections == 0 {
-        anyhow::bail!("--max-connections must be at least 1");
-    }
+    let server = args.serve.config()?;
     let roots = upstream_roots(&args.upstream_ca_files)?;
     let statics: HashMap<_, _> = args.resolve.iter().cloned().collect();
     let limits = Limits {
@@ -242,7 +230,6 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
                     upstream,
                 },
                 metrics: metrics.clone(),
-                limits,
             })
         }
         Role::Entry => {
@@ -259,10 +246,9 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
                         port: args.exit_port.clone(),
                         scheme: "http".into(),
                     },
-                    upstream: Mutex::new(None),
+                    upstream: KubeconfigUpstream::new(limits),
                 },
                 metrics: metrics.clone(),
-                limits,
             })
         }
         Role::Exit => {
@@ -313,11 +299,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     http_server::serve(
         listener,
         std::sync::Arc::new(Served { relay, metrics }),
-        ServerConfig {
-            max_connections: args.max_connections,
-            header_timeout: args.header_timeout,
-            tls,
-        },
+        server,
         shutdown,
     )
     .await;

@@ -29,7 +29,7 @@ use self::{
 };
 use crate::{
     admin::{AdminArgs, AdminState, Readiness},
-    http_server::{self, ServerConfig},
+    http_server::{self, ServeArgs},
     kube_client::KubeArgs,
     net,
     read_cache::parse_bytes,
@@ -40,7 +40,6 @@ use crate::{
         forward::{Limits, Upstream, UpstreamConfig, roots_from_pem},
     },
     shutdown::{Shutdown, ShutdownArgs},
-    tls::TlsArgs,
 };
 
 /// The environment variable that may hold the shared secret itself.
@@ -160,16 +159,8 @@ pub struct Args {
     #[arg(long, env = "CLUSTER_RELAY_MAX_BACKENDS", default_value_t = 64)]
     pub max_backends: usize,
 
-    /// Most forge connections served at once.
-    #[arg(long, env = "CLUSTER_RELAY_MAX_CONNECTIONS", default_value_t = 1_000)]
-    pub max_connections: usize,
-
-    /// Time a client has to send a request head.
-    #[arg(long, env = "CLUSTER_RELAY_HEADER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub header_timeout: Duration,
-
     #[command(flatten)]
-    pub tls: TlsArgs,
+    pub serve: ServeArgs,
 
     #[command(flatten)]
     pub admin: AdminArgs,
@@ -226,14 +217,14 @@ pub(crate) fn roots(files: &[PathBuf], flag: &str) -> anyhow::Result<RootCertSto
 /// Runs the fan-out until shutdown.
 pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     // Checked before anything is bound or started.
-    let tls = args.tls.acceptor()?;
+    let server = args.serve.config()?;
     let secret = match (&args.secret_file, std::env::var_os(SECRET_ENV)) {
         (Some(path), _) => read_secret(path, "--secret-file")?,
         (None, Some(value)) if !value.is_empty() => value.into_encoded_bytes(),
         _ => anyhow::bail!("the webhook secret is required: --secret-file or {SECRET_ENV}"),
     };
-    if args.max_connections == 0 || args.max_in_flight == 0 || args.max_backends == 0 {
-        anyhow::bail!("--max-connections, --max-in-flight and --max-backends must be at least 1");
+    if args.max_in_flight == 0 || args.max_backends == 0 {
+        anyhow::bail!("--max-in-flight and --max-backends must be at least 1");
     }
     if args.retry_initial_backoff.is_zero() || args.retry_max_backoff < args.retry_initial_backoff {
         anyhow::bail!("--retry-initial-backoff must be above 0 and at most --retry-max-backoff");
@@ -381,16 +372,6 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
         admin,
         metrics,
     };
-    http_server::serve(
-        listener,
-        Arc::new(inbound),
-        ServerConfig {
-            max_connections: args.max_connections,
-            header_timeout: args.header_timeout,
-            tls,
-        },
-        shutdown,
-    )
-    .await;
+    http_server::serve(listener, Arc::new(inbound), server, shutdown).await;
     Ok(())
 }

@@ -23,11 +23,7 @@ mod authz;
 mod freshness;
 mod watch;
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex, PoisonError},
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, header};
@@ -54,8 +50,8 @@ use crate::{
     coalesce::Coalescer,
     http_server::{Body, BoxError, full, text},
     kube_client::KubeArgs,
-    managed_kubeconfig::{Current, ManagedKubeconfig, ManagedKubeconfigArgs},
-    service_relay::forward::{Destination, ForwardError, Limits, Upstream},
+    managed_kubeconfig::{Current, ManagedKubeconfigArgs},
+    service_relay::forward::{Destination, ForwardError, KubeconfigUpstream, Limits, Upstream},
 };
 
 /// Flags of the kubernetes profile.
@@ -103,15 +99,10 @@ enum Shared {
     Own,
 }
 
-/// The upstream client for the current managed kubeconfig, rebuilt when it
-/// changes.
-type UpstreamSlot = Mutex<Option<(String, Upstream)>>;
-
 /// The kubernetes profile's cache.
 pub struct KubeCache {
     current: Current,
-    upstream: UpstreamSlot,
-    limits: Limits,
+    upstream: KubeconfigUpstream,
     authorizer: Authorizer,
     keys: KeySpec,
     store: Arc<Store>,
@@ -161,12 +152,11 @@ impl KubeCache {
         .spawn(args.watch_resources.clone());
         Ok(Self {
             current,
-            upstream: Mutex::new(None),
-            limits: Limits {
+            upstream: KubeconfigUpstream::new(Limits {
                 connect_timeout: common.connect_timeout,
                 response_timeout: common.response_timeout,
                 max_body_bytes: None,
-            },
+            }),
             authorizer: Authorizer::new(
                 args.authz_cache_ttl,
                 args.authz_cache_max_entries,
@@ -180,18 +170,6 @@ impl KubeCache {
             response_timeout: common.response_timeout,
             metrics,
         })
-    }
-
-    fn upstream_for(&self, kubeconfig: &ManagedKubeconfig) -> Result<Upstream, String> {
-        let mut slot = self.upstream.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((hash, upstream)) = slot.as_ref()
-            && *hash == kubeconfig.hash
-        {
-            return Ok(upstream.clone());
-        }
-        let upstream = Upstream::for_kubeconfig(kubeconfig, self.limits)?;
-        *slot = Some((kubeconfig.hash.clone(), upstream.clone()));
-        Ok(upstream)
     }
 
     /// Serves one request.
@@ -209,7 +187,7 @@ impl KubeCache {
                 Served::Bypass,
             );
         };
-        let upstream = match self.upstream_for(&kubeconfig) {
+        let upstream = match self.upstream.get(&kubeconfig) {
             Ok(upstream) => upstream,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot use the managed kubeconfig");

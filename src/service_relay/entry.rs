@@ -5,10 +5,7 @@
 //! caller's `Authorization` travels in `Cluster-Proxy-Authorization`. In
 //! direct mode the entry forwards to the Service itself.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-};
+use std::net::SocketAddr;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -17,14 +14,14 @@ use secrecy::ExposeSecret;
 use super::{
     directory::{Directory, host},
     exit::lookup_response,
-    forward::{Destination, Limits, Upstream},
+    forward::{Destination, KubeconfigUpstream, Upstream},
     headers::{self, take_cluster_proxy_headers},
     metrics::RelayMetrics,
     target::{self, Target},
 };
 use crate::{
     http_server::{Body, text},
-    managed_kubeconfig::{Current, ManagedKubeconfig},
+    managed_kubeconfig::Current,
 };
 
 /// Where the exit relay's Service is on the managed cluster.
@@ -41,8 +38,8 @@ pub enum Mode {
     Relayed {
         current: Current,
         exit: ExitService,
-        /// The client for the kubeconfig with this hash.
-        upstream: Mutex<Option<(String, Upstream)>>,
+        /// The client for the current kubeconfig.
+        upstream: KubeconfigUpstream,
     },
     /// Straight to the Service.
     Direct {
@@ -54,7 +51,6 @@ pub enum Mode {
 pub struct Entry {
     pub mode: Mode,
     pub metrics: RelayMetrics,
-    pub limits: Limits,
 }
 
 /// Sets a header; false if the value cannot be a header value.
@@ -115,7 +111,7 @@ impl Entry {
                         "the managed kubeconfig has no token\n",
                     );
                 };
-                let client = match self.upstream_for(upstream, &kubeconfig) {
+                let client = match upstream.get(&kubeconfig) {
                     Ok(client) => client,
                     Err(err) => {
                         self.metrics.upstream_error("entry", "no_kubeconfig");
@@ -183,22 +179,5 @@ impl Entry {
                 err.response()
             }
         }
-    }
-
-    /// The client for this kubeconfig: its CA and TLS server name.
-    fn upstream_for(
-        &self,
-        slot: &Mutex<Option<(String, Upstream)>>,
-        kubeconfig: &Arc<ManagedKubeconfig>,
-    ) -> Result<Upstream, String> {
-        let mut slot = slot.lock().expect("upstream lock");
-        if let Some((hash, upstream)) = slot.as_ref()
-            && *hash == kubeconfig.hash
-        {
-            return Ok(upstream.clone());
-        }
-        let upstream = Upstream::for_kubeconfig(kubeconfig, self.limits)?;
-        *slot = Some((kubeconfig.hash.clone(), upstream.clone()));
-        Ok(upstream)
     }
 }

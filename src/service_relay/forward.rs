@@ -310,6 +310,42 @@ impl Upstream {
     }
 }
 
+/// The upstream for the current managed kubeconfig, built once per
+/// kubeconfig (by its hash) and reused until the kubeconfig changes, so a
+/// rotated token or a new CA needs no restart.
+pub struct KubeconfigUpstream {
+    limits: Limits,
+    slot: std::sync::Mutex<Option<(String, Upstream)>>,
+}
+
+impl KubeconfigUpstream {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            slot: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The upstream for `kubeconfig`; an error says why it is unusable.
+    pub fn get(
+        &self,
+        kubeconfig: &crate::managed_kubeconfig::ManagedKubeconfig,
+    ) -> Result<Upstream, String> {
+        let mut slot = self
+            .slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((hash, upstream)) = slot.as_ref()
+            && *hash == kubeconfig.hash
+        {
+            return Ok(upstream.clone());
+        }
+        let upstream = Upstream::for_kubeconfig(kubeconfig, self.limits)?;
+        *slot = Some((kubeconfig.hash.clone(), upstream.clone()));
+        Ok(upstream)
+    }
+}
+
 /// A request body on its way upstream: the client's, streamed and cut off
 /// with an error past the body limit when it has one, or one of our own
 /// (a review, a delivery), whole.
