@@ -39,6 +39,7 @@ pub mod http_client;
 mod netns_pod;
 mod pod_objects;
 mod procs;
+pub mod scripted_upstream;
 pub mod tls;
 mod wait;
 
