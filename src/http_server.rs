@@ -3,7 +3,15 @@
 //! handler, log and go on when a connection fails, and drain on shutdown:
 //! stop accepting, let requests in flight finish until the grace period ends.
 
-use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -11,11 +19,18 @@ use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::{
+        conn::auto,
+        graceful::{GracefulShutdown, Watcher},
+    },
 };
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpListener,
+    sync::Semaphore,
+};
 
-use crate::shutdown::Shutdown;
+use crate::{net::Stream, shutdown::Shutdown};
 
 /// Errors of streamed bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -50,6 +65,121 @@ pub trait Handler: Send + Sync + 'static {
         request: Request<Incoming>,
         peer: SocketAddr,
     ) -> impl Future<Output = Response<Body>> + Send;
+
+    /// Serves one client connection. By default hyper serves all of it; a
+    /// handler with an HTTP/1.1 path of its own serves the requests it can
+    /// and hands the rest of the connection to hyper with
+    /// [`Connection::hand_over`].
+    fn serve_connection(
+        self: Arc<Self>,
+        connection: Connection<Self>,
+    ) -> impl Future<Output = ()> + Send
+    where
+        Self: Sized,
+    {
+        connection.hand_over(Vec::new())
+    }
+}
+
+/// A stream with bytes already read from it put back in front.
+struct Rewind {
+    read: Vec<u8>,
+    at: usize,
+    stream: Stream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.read.len() {
+            let n = buf.remaining().min(this.read.len() - this.at);
+            buf.put_slice(&this.read[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.read.len() {
+                this.read = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// One accepted client connection (after the TLS handshake, with TLS) and
+/// what serving it needs.
+pub struct Connection<H> {
+    pub stream: Stream,
+    pub peer: SocketAddr,
+    /// Time allowed for each request head.
+    pub header_timeout: Duration,
+    pub shutdown: Shutdown,
+    handler: Arc<H>,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+}
+
+impl<H: Handler> Connection<H> {
+    /// Serves the rest of the connection with hyper, `read` (bytes already
+    /// read from it and not used) first; graceful shutdown applies.
+    pub async fn hand_over(self, read: Vec<u8>) {
+        let Connection {
+            stream,
+            peer,
+            handler,
+            builder,
+            watcher,
+            ..
+        } = self;
+        let service = service_fn(move |request| {
+            let handler = handler.clone();
+            async move { Ok::<_, Infallible>(handler.handle(request, peer).await) }
+        });
+        let io = TokioIo::new(Rewind {
+            read,
+            at: 0,
+            stream,
+        });
+        let connection = builder
+            .serve_connection_with_upgrades(io, service)
+            .into_owned();
+        if let Err(err) = watcher.watch(connection).await {
+            tracing::debug!(%peer, error = %err, "connection ended with an error");
+        }
+    }
 }
 
 /// The serving flags every HTTP component shares.
@@ -127,44 +257,36 @@ pub async fn serve<H: Handler>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let service = service_fn(move |request| {
-            let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler.handle(request, peer).await) }
-        });
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = config.tls.clone();
-        let handshake_timeout = config.header_timeout;
+        let header_timeout = config.header_timeout;
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let result = match tls {
-                None => {
-                    let connection = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
-                    watcher.watch(connection).await
-                }
-                Some(tls) => {
-                    let stream =
-                        match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(err)) => {
-                                tracing::debug!(%peer, error = %err, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                    let connection = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
-                    watcher.watch(connection).await
-                }
+            let stream = match tls {
+                None => Stream::Plain(stream),
+                Some(tls) => match tokio::time::timeout(header_timeout, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => Stream::Tls(Box::new(stream.into())),
+                    Ok(Err(err)) => {
+                        tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
             };
-            if let Err(err) = result {
-                tracing::debug!(%peer, error = %err, "connection ended with an error");
-            }
+            let connection = Connection {
+                stream,
+                peer,
+                header_timeout,
+                shutdown,
+                handler: handler.clone(),
+                builder,
+                watcher,
+            };
+            handler.serve_connection(connection).await;
             drop(permit);
         });
     }

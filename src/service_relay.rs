@@ -10,6 +10,7 @@ pub(crate) mod directory;
 mod entry;
 mod exit;
 pub(crate) mod forward;
+mod h1;
 mod headers;
 mod metrics;
 mod pool;
@@ -131,8 +132,9 @@ pub struct Args {
     #[arg(long, env = "CLUSTER_RELAY_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
 
-    /// Give up waiting for an upstream's response head after this long
-    /// (bodies may then stream for as long as they last).
+    /// Give up on an upstream that has not begun its response this long
+    /// after the request went out (at the exit, after the request body
+    /// did); response bodies then stream for as long as they last.
     #[arg(long, env = "CLUSTER_RELAY_RESPONSE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub response_timeout: Duration,
 
@@ -158,6 +160,8 @@ pub struct Args {
     pub shutdown: ShutdownArgs,
 }
 
+// One per process: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Relay {
     Entry(Entry),
     Exit(Exit),
@@ -178,6 +182,16 @@ impl Handler for Served {
         self.metrics
             .answered(role, response.status(), started.elapsed().as_secs_f64());
         response
+    }
+
+    async fn serve_connection(
+        self: std::sync::Arc<Self>,
+        connection: http_server::Connection<Self>,
+    ) {
+        match &self.relay {
+            Relay::Exit(exit) => h1::serve(exit, connection).await,
+            Relay::Entry(_) => connection.hand_over(Vec::new()).await,
+        }
     }
 }
 
@@ -281,6 +295,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
             Relay::Exit(Exit {
                 callers,
                 directory,
+                h1: h1::Upstream::new(upstream.connector().clone(), limits),
                 upstream,
                 metrics: metrics.clone(),
             })

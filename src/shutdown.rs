@@ -101,6 +101,12 @@ impl Shutdown {
         self.drain.cancelled().await
     }
 
+    /// Resolves when draining starts; owns what it needs, so a connection
+    /// can keep one across requests and poll it cheaply.
+    pub fn draining_owned(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.drain.clone().cancelled_owned()
+    }
+
     /// Resolves when in-flight work must be abandoned.
     pub async fn aborted(&self) {
         self.abort.cancelled().await

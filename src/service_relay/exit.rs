@@ -22,7 +22,10 @@ use crate::http_server::{Body, text};
 pub struct Exit {
     pub callers: Callers,
     pub directory: Directory,
+    /// For what hyper serves.
     pub upstream: Upstream,
+    /// For the relay's own HTTP/1.1 path.
+    pub h1: super::h1::Upstream,
     pub metrics: RelayMetrics,
 }
 
@@ -55,68 +58,110 @@ pub fn lookup_response(err: &LookupError) -> Response<Body> {
     }
 }
 
-/// Where the request for `target` goes: `<name>.<namespace>.svc:<port>`,
-/// asked for the path and query the request came with.
-fn destination(target: &Target, port: u16, uri: &Uri) -> Option<Destination> {
+/// The origin of `target` on `port`: `<name>.<namespace>.svc:<port>`.
+pub fn origin(target: &Target, port: u16) -> Option<Origin> {
     let mut authority = host(target);
     // Writing to a String cannot fail.
     let _ = write!(authority, ":{port}");
+    Some(Origin {
+        https: target.scheme == Scheme::Https,
+        authority: Authority::from_maybe_shared(Bytes::from(authority)).ok()?,
+    })
+}
+
+/// Where the request for `target` goes, asked for the path and query the
+/// request came with.
+fn destination(target: &Target, port: u16, uri: &Uri) -> Option<Destination> {
     let path = match uri.path_and_query() {
         // The request's own target, shared rather than copied.
         Some(path) if path.as_str() == target.path_and_query => Uri::from(path.clone()),
         _ => target.path_and_query.parse().ok()?,
     };
     Some(Destination {
-        origin: Origin {
-            https: target.scheme == Scheme::Https,
-            authority: Authority::from_maybe_shared(Bytes::from(authority)).ok()?,
-        },
+        origin: origin(target, port)?,
         path,
     })
 }
 
+/// The routing headers of a request at the exit, however it was read.
+#[derive(Default)]
+pub struct Routing<'a> {
+    pub relay_authorization: Option<&'a [u8]>,
+    pub proto: Option<&'a str>,
+    pub namespace: Option<&'a str>,
+    pub service: Option<&'a str>,
+    pub port: Option<&'a str>,
+}
+
 impl Exit {
-    pub async fn handle(&self, mut request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let Some(token) = request
-            .headers()
-            .get(&headers::RELAY_AUTHORIZATION_NAME)
-            .and_then(bearer_token)
-        else {
+    /// Checks the relay caller and finds where the request goes; an error
+    /// is the response to give instead.
+    pub async fn admit(
+        &self,
+        routing: &Routing<'_>,
+        path_and_query: &str,
+        peer: SocketAddr,
+    ) -> Result<(Target, u16), Response<Body>> {
+        let Some(token) = routing.relay_authorization.and_then(bearer_token) else {
             self.metrics.rejected("no_credential");
-            return unauthorized("missing relay credential");
+            return Err(unauthorized("missing relay credential"));
         };
         match self.callers.verify(token).await {
             Ok(Verdict::Allowed(_)) => {}
             Ok(Verdict::NotAllowed(user)) => {
                 self.metrics.rejected("not_allowed");
                 tracing::warn!(%peer, caller = %user, "refused: not an allowed caller");
-                return text(
+                return Err(text(
                     StatusCode::FORBIDDEN,
                     "forbidden: not an allowed relay caller\n",
-                );
+                ));
             }
             Ok(Verdict::Unauthenticated) => {
                 self.metrics.rejected("unauthenticated");
-                return unauthorized("invalid relay credential");
+                return Err(unauthorized("invalid relay credential"));
             }
             Err(err) => {
                 self.metrics.rejected("review_failed");
                 tracing::warn!(%peer, error = %err, "cannot verify the relay caller");
-                return text(
+                return Err(text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "cannot verify the relay caller now\n",
-                );
+                ));
             }
         }
-        let target: Target = match target::from_headers(
-            header_str(&request, &headers::PROTO_NAME),
-            header_str(&request, &headers::NAMESPACE_NAME),
-            header_str(&request, &headers::SERVICE_NAME),
-            header_str(&request, &headers::PORT_NAME),
-            request.uri().path_and_query().map_or("/", |p| p.as_str()),
-        ) {
-            Ok(target) => target,
-            Err(err) => return text(StatusCode::BAD_REQUEST, format!("{err}\n")),
+        let target = target::from_headers(
+            routing.proto,
+            routing.namespace,
+            routing.service,
+            routing.port,
+            path_and_query,
+        )
+        .map_err(|err| text(StatusCode::BAD_REQUEST, format!("{err}\n")))?;
+        match self.directory.port(&target).await {
+            Ok(port) => Ok((target, port)),
+            Err(err) => {
+                self.metrics.upstream_error("exit", "lookup");
+                tracing::warn!(%peer, error = %err, "cannot locate the target");
+                Err(lookup_response(&err))
+            }
+        }
+    }
+
+    pub async fn handle(&self, mut request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let routing = Routing {
+            relay_authorization: request
+                .headers()
+                .get(&headers::RELAY_AUTHORIZATION_NAME)
+                .map(HeaderValue::as_bytes),
+            proto: header_str(&request, &headers::PROTO_NAME),
+            namespace: header_str(&request, &headers::NAMESPACE_NAME),
+            service: header_str(&request, &headers::SERVICE_NAME),
+            port: header_str(&request, &headers::PORT_NAME),
+        };
+        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        let (target, port) = match self.admit(&routing, path, peer).await {
+            Ok(admitted) => admitted,
+            Err(response) => return response,
         };
         // The caller's own credential, or none: never the relay's.
         match take_cluster_proxy_headers(request.headers_mut()) {
@@ -124,14 +169,6 @@ impl Exit {
                 .headers_mut()
                 .insert(header::AUTHORIZATION, authorization),
             None => request.headers_mut().remove(header::AUTHORIZATION),
-        };
-        let port = match self.directory.port(&target).await {
-            Ok(port) => port,
-            Err(err) => {
-                self.metrics.upstream_error("exit", "lookup");
-                tracing::warn!(%peer, error = %err, "cannot locate the target");
-                return lookup_response(&err);
-            }
         };
         let Some(to) = destination(&target, port, request.uri()) else {
             return text(StatusCode::BAD_REQUEST, "invalid path\n");

@@ -15,14 +15,17 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header, uri::PathAndQuery};
 use http_body_util::BodyExt;
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::{
+    body::{Frame, Incoming, SizeHint},
+    client::conn::http1::{self, SendRequest},
+};
 use hyper_util::rt::TokioIo;
 use rustls::{ClientConfig, RootCertStore};
 
 use super::{
     directory::Directory,
     headers::{add_forwarded, is_upgrade, remove_hop_by_hop},
-    pool::{ConnectError, Connector, Origin, Pool},
+    pool::{ConnectError, Connector, IdleState, Origin, Pool, Pooled},
 };
 use crate::http_server::{Body, BoxError, text};
 
@@ -57,7 +60,7 @@ pub fn roots_from_pem(pem: &[u8], what: &str) -> Result<RootCertStore, TlsError>
 /// A pooled HTTP/1.1 client for http and https upstreams; cheap to clone.
 #[derive(Clone)]
 pub struct Upstream {
-    pool: Pool,
+    pool: Pool<SendRequest<RequestBody>>,
     response_timeout: Duration,
     max_body_bytes: Option<u64>,
 }
@@ -289,7 +292,7 @@ impl Upstream {
                 Some(sender) => (sender, true),
                 // Boxed: the connect future (TLS handshake included) is
                 // large, and every request would otherwise move it around.
-                None => (Box::pin(self.pool.connect(origin)).await?, false),
+                None => (Box::pin(self.connect(origin)).await?, false),
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {
@@ -303,9 +306,54 @@ impl Upstream {
                 }
                 Err(mut err) => match err.take_message() {
                     Some(unsent) if pooled => request = unsent,
-                    _ => return Err(ForwardError::Upstream(err.into_error())),
+                    _ => {
+                        let err = err.into_error();
+                        // Our own body limit, not the upstream's failure.
+                        let too_large = std::error::Error::source(&err)
+                            .is_some_and(|source| source.is::<BodyTooLarge>());
+                        return Err(if too_large {
+                            ForwardError::TooLarge
+                        } else {
+                            ForwardError::Upstream(err)
+                        });
+                    }
                 },
             }
+        }
+    }
+}
+
+impl Upstream {
+    /// How this upstream connects (for another pool to the same places).
+    pub fn connector(&self) -> &Connector {
+        self.pool.connector()
+    }
+
+    /// A new connection to `origin`, its HTTP/1.1 on a task of its own,
+    /// with upgrades.
+    async fn connect(&self, origin: &Origin) -> Result<SendRequest<RequestBody>, ConnectError> {
+        let stream = self.pool.connector().connect(origin).await?;
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|err| ConnectError::Handshake(origin.authority.host().to_owned(), err))?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.with_upgrades().await {
+                tracing::debug!(error = %err, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+impl Pooled for SendRequest<RequestBody> {
+    fn idle_state(&self) -> IdleState {
+        if self.is_ready() {
+            IdleState::Ready
+        } else if self.is_closed() {
+            IdleState::Closed
+        } else {
+            IdleState::Busy
         }
     }
 }
@@ -434,6 +482,12 @@ pub enum ForwardError {
     Upstream(#[source] hyper::Error),
     #[error("not an absolute http or https URL")]
     BadTarget,
+    #[error("upstream: {0}")]
+    Io(#[source] std::io::Error),
+    #[error("upstream broke HTTP/1.1: {0}")]
+    Protocol(&'static str),
+    #[error("the client sent a request body with invalid chunked framing")]
+    BadRequestBody,
 }
 
 impl ForwardError {
@@ -442,8 +496,10 @@ impl ForwardError {
         match self {
             ForwardError::TooLarge => "too_large",
             ForwardError::Timeout => "timeout",
-            ForwardError::Connect(_) | ForwardError::Upstream(_) => "connect",
+            ForwardError::Connect(_) | ForwardError::Upstream(_) | ForwardError::Io(_) => "connect",
             ForwardError::BadTarget => "bad_target",
+            ForwardError::Protocol(_) => "protocol",
+            ForwardError::BadRequestBody => "bad_request_body",
         }
     }
 
@@ -457,11 +513,17 @@ impl ForwardError {
                 StatusCode::GATEWAY_TIMEOUT,
                 "gateway timeout: the upstream did not answer in time\n",
             ),
-            ForwardError::Connect(_) | ForwardError::Upstream(_) => text(
+            ForwardError::Connect(_) | ForwardError::Upstream(_) | ForwardError::Io(_) => text(
                 StatusCode::BAD_GATEWAY,
                 "bad gateway: the upstream could not be reached\n",
             ),
-            ForwardError::BadTarget => text(StatusCode::BAD_GATEWAY, "bad gateway\n"),
+            ForwardError::BadTarget | ForwardError::Protocol(_) => {
+                text(StatusCode::BAD_GATEWAY, "bad gateway\n")
+            }
+            ForwardError::BadRequestBody => text(
+                StatusCode::BAD_REQUEST,
+                "bad request: invalid chunked request body\n",
+            ),
         }
     }
 }

@@ -52,7 +52,7 @@ impl RelayMetrics {
                 IntCounterVec::new(
                     Opts::new(
                         "cluster_relay_service_relay_upstream_errors_total",
-                        "Requests that could not be forwarded, by role and reason (lookup, connect, timeout, no_kubeconfig).",
+                        "Requests that could not be forwarded, by role and reason (lookup, connect, timeout, too_large, protocol, bad_request_body, no_kubeconfig).",
                     ),
                     &["role", "reason"],
                 )

@@ -1,13 +1,13 @@
-//! The relay's upstream connections: HTTP/1.1 over TCP, or over TLS for
-//! https, kept alive in a bounded pool of idle connections per origin.
+//! The relay's upstream connections: TCP, or TLS over it for https, kept
+//! alive in a bounded pool of idle connections per origin.
 //!
 //! A lean stand-in for hyper-util's legacy client, which cost the relay more
-//! per request than the rest of its work together: this pool hands out a
-//! hyper `SendRequest` for an origin (a pooled one that is idle, else a new
-//! connection), takes it back as soon as the response head is in, and a
-//! connection is idle again once hyper's connection task has finished the
-//! response. No task per request, no request extensions, no connector
-//! future built when a pooled connection exists.
+//! per request than the rest of its work together. The pool holds whatever
+//! connection type its user speaks HTTP/1.1 over: a hyper `SendRequest`
+//! (taken back as soon as the response head is in, idle again once hyper's
+//! connection task has finished the response), or the exit relay's own
+//! connections (taken back when the response has ended). No task per
+//! request, no connector future built when a pooled connection exists.
 
 use std::{
     collections::HashMap,
@@ -17,13 +17,12 @@ use std::{
 };
 
 use http::uri::Authority;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use rustls::{ClientConfig, pki_types::ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::{directory::Directory, forward::RequestBody};
+use super::directory::Directory;
+use crate::net::Stream;
 
 /// Idle connections kept per origin; more are closed when they go idle.
 const MAX_IDLE_PER_ORIGIN: usize = 64;
@@ -84,7 +83,23 @@ pub enum ConnectError {
     Handshake(String, hyper::Error),
 }
 
+/// What a pooled connection says of itself when it is looked for.
+pub enum IdleState {
+    /// Can take a request now.
+    Ready,
+    /// Still finishing its last response; may be ready later.
+    Busy,
+    /// Closed: drop it.
+    Closed,
+}
+
+/// A connection the pool can hold.
+pub trait Pooled: Send + 'static {
+    fn idle_state(&self) -> IdleState;
+}
+
 /// How the pool connects.
+#[derive(Clone)]
 pub struct Connector {
     pub tls: Arc<ClientConfig>,
     /// Verify https servers as this name instead of the origin's host.
@@ -93,25 +108,32 @@ pub struct Connector {
     pub connect_timeout: Duration,
 }
 
-struct Idle {
-    sender: SendRequest<RequestBody>,
+struct Idle<C> {
+    conn: C,
     since: Instant,
 }
 
-struct Inner {
+struct Inner<C> {
     connector: Connector,
-    idle: Mutex<HashMap<Origin, Vec<Idle>>>,
+    idle: Mutex<HashMap<Origin, Vec<Idle<C>>>>,
     /// Whether the task that closes long-idle connections runs.
     reaping: std::sync::atomic::AtomicBool,
 }
 
 /// A pool of upstream connections; cheap to clone.
-#[derive(Clone)]
-pub struct Pool {
-    inner: Arc<Inner>,
+pub struct Pool<C> {
+    inner: Arc<Inner<C>>,
 }
 
-impl Pool {
+impl<C> Clone for Pool<C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<C: Pooled> Pool<C> {
     pub fn new(connector: Connector) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -127,26 +149,25 @@ impl Pool {
     /// ones are left for the reaper when fewer are needed. One still
     /// finishing its last response (a long body) stays, and the caller
     /// opens a new connection rather than wait for it.
-    pub fn idle(&self, origin: &Origin) -> Option<SendRequest<RequestBody>> {
+    pub fn idle(&self, origin: &Origin) -> Option<C> {
         let mut idle = self.inner.idle.lock().expect("pool lock");
         let list = idle.get_mut(origin)?;
         let mut i = list.len();
         while i > 0 {
             i -= 1;
-            if list[i].sender.is_ready() {
-                return Some(list.remove(i).sender);
-            }
-            if list[i].sender.is_closed() {
-                list.remove(i);
+            match list[i].conn.idle_state() {
+                IdleState::Ready => return Some(list.remove(i).conn),
+                IdleState::Closed => drop(list.remove(i)),
+                IdleState::Busy => {}
             }
         }
         None
     }
 
-    /// Takes a connection back after its response head arrived; hyper's
-    /// connection task makes it ready again when the response has ended.
-    pub fn put(&self, origin: &Origin, sender: SendRequest<RequestBody>) {
-        if sender.is_closed() {
+    /// Takes a connection back once it can serve another request (or,
+    /// for hyper, will when its response has ended).
+    pub fn put(&self, origin: &Origin, conn: C) {
+        if matches!(conn.idle_state(), IdleState::Closed) {
             return;
         }
         let mut idle = self.inner.idle.lock().expect("pool lock");
@@ -157,28 +178,60 @@ impl Pool {
             None => idle.entry(origin.clone()).or_default(),
         };
         if list.len() >= MAX_IDLE_PER_ORIGIN {
-            // Dropping the sender closes the connection once it is idle.
+            // Dropping it closes the connection (once it is idle).
             return;
         }
         list.push(Idle {
-            sender,
+            conn,
             since: Instant::now(),
         });
         drop(idle);
         self.start_reaper();
     }
 
-    /// Connects to `origin`: resolve, TCP (within the connect timeout),
-    /// TLS for https, then the HTTP/1.1 handshake; the connection runs on a
-    /// task of its own, with upgrades.
-    pub async fn connect(&self, origin: &Origin) -> Result<SendRequest<RequestBody>, ConnectError> {
-        let connector = &self.inner.connector;
-        let host = origin.authority.host();
-        let tcp = connect_tcp(connector, host, origin.port()).await?;
-        if !origin.https {
-            return handshake(TokioIo::new(tcp), host).await;
+    /// How this pool connects.
+    pub fn connector(&self) -> &Connector {
+        &self.inner.connector
+    }
+
+    /// Starts, once, the task that closes connections idle for too long,
+    /// so a burst to an origin that then goes quiet does not hold its
+    /// connections forever. It ends when the pool is dropped.
+    fn start_reaper(&self) {
+        use std::sync::atomic::Ordering;
+        if self.inner.reaping.swap(true, Ordering::Relaxed) {
+            return;
         }
-        let name = match &connector.server_name {
+        let weak: Weak<Inner<C>> = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(IDLE_TIMEOUT / 3);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                let mut idle = inner.idle.lock().expect("pool lock");
+                for list in idle.values_mut() {
+                    list.retain(|e| {
+                        !matches!(e.conn.idle_state(), IdleState::Closed)
+                            && e.since.elapsed() < IDLE_TIMEOUT
+                    });
+                }
+                idle.retain(|_, list| !list.is_empty());
+            }
+        });
+    }
+}
+
+impl Connector {
+    /// Connects to `origin`: resolve, TCP (within the connect timeout),
+    /// then TLS for https.
+    pub async fn connect(&self, origin: &Origin) -> Result<Stream, ConnectError> {
+        let host = origin.authority.host();
+        let tcp = connect_tcp(self, host, origin.port()).await?;
+        if !origin.https {
+            return Ok(Stream::Plain(tcp));
+        }
+        let name = match &self.server_name {
             Some(name) => name.clone(),
             None => {
                 // An IPv6 literal comes in brackets.
@@ -190,35 +243,11 @@ impl Pool {
                     .map_err(|_| ConnectError::ServerName(bare.to_owned()))?
             }
         };
-        let tls = TlsConnector::from(connector.tls.clone())
+        let tls = TlsConnector::from(self.tls.clone())
             .connect(name, tcp)
             .await
             .map_err(|err| ConnectError::Tls(host.to_owned(), err))?;
-        handshake(TokioIo::new(tls), host).await
-    }
-
-    /// Starts, once, the task that closes connections idle for too long,
-    /// so a burst to an origin that then goes quiet does not hold its
-    /// connections forever. It ends when the pool is dropped.
-    fn start_reaper(&self) {
-        use std::sync::atomic::Ordering;
-        if self.inner.reaping.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(IDLE_TIMEOUT / 3);
-            ticks.tick().await;
-            loop {
-                ticks.tick().await;
-                let Some(inner) = weak.upgrade() else { break };
-                let mut idle = inner.idle.lock().expect("pool lock");
-                for list in idle.values_mut() {
-                    list.retain(|e| !e.sender.is_closed() && e.since.elapsed() < IDLE_TIMEOUT);
-                }
-                idle.retain(|_, list| !list.is_empty());
-            }
-        });
+        Ok(Stream::Tls(Box::new(tls.into())))
     }
 }
 
@@ -259,20 +288,4 @@ async fn connect_tcp(
         }
     }
     Err(last.unwrap_or_else(|| ConnectError::NoAddress(host.to_owned())))
-}
-
-async fn handshake<T>(io: T, host: &str) -> Result<SendRequest<RequestBody>, ConnectError>
-where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (sender, connection) = http1::Builder::new()
-        .handshake(io)
-        .await
-        .map_err(|err| ConnectError::Handshake(host.to_owned(), err))?;
-    tokio::spawn(async move {
-        if let Err(err) = connection.with_upgrades().await {
-            tracing::debug!(error = %err, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
 }

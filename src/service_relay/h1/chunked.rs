@@ -1,0 +1,237 @@
+//! Finding the end of a chunked body (RFC 9112 section 7.1) while its bytes
+//! pass through unchanged: the relay forwards the chunked framing as it
+//! came, and only needs to know where the body ends, how many data bytes it
+//! carried, and that the framing is sound.
+
+/// Longest chunk-size line (size and extensions) accepted.
+const MAX_LINE: usize = 4096;
+/// Largest trailer section accepted.
+const MAX_TRAILERS: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// In the hex digits of a chunk size; `true` once there is one.
+    Size(bool),
+    /// After the size: whitespace and extensions up to CR.
+    Extension,
+    /// Expecting the LF ending a size line.
+    SizeLf,
+    /// In chunk data, this many bytes left.
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or of the final CRLF).
+    TrailerStart,
+    TrailerLine,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+/// Bad chunked framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid chunked framing")]
+pub struct ChunkError;
+
+/// Follows a chunked body through any number of buffers.
+#[derive(Debug, Clone)]
+pub struct Chunked {
+    state: State,
+    size: u64,
+    /// Bytes of the current size line, or of the trailers so far.
+    line: usize,
+    /// Data bytes seen so far.
+    pub data: u64,
+}
+
+impl Default for Chunked {
+    fn default() -> Self {
+        Self {
+            state: State::Size(false),
+            size: 0,
+            line: 0,
+            data: 0,
+        }
+    }
+}
+
+impl Chunked {
+    /// Whether the last chunk and the trailers have been seen.
+    pub fn done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Reads framing from `bytes`, which follow what earlier calls saw, and
+    /// returns how many of them belong to the body: all of them, or fewer
+    /// when the body ends inside them.
+    pub fn scan(&mut self, bytes: &[u8]) -> Result<usize, ChunkError> {
+        let mut at = 0;
+        while at < bytes.len() {
+            if let State::Data(left) = self.state {
+                // Data is skipped over in one step.
+                let n = left.min((bytes.len() - at) as u64);
+                at += n as usize;
+                self.data += n;
+                self.state = if n == left {
+                    State::DataCr
+                } else {
+                    State::Data(left - n)
+                };
+                continue;
+            }
+            let byte = bytes[at];
+            at += 1;
+            self.state = self.step(byte)?;
+            if self.state == State::Done {
+                return Ok(at);
+            }
+        }
+        Ok(at)
+    }
+
+    fn step(&mut self, byte: u8) -> Result<State, ChunkError> {
+        use State::*;
+        Ok(match self.state {
+            Size(seen) => {
+                self.line += 1;
+                match byte {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        let digit = (byte as char).to_digit(16).unwrap_or(0) as u64;
+                        // 16 hex digits fill a u64; more is an attack.
+                        if self.size >> 60 != 0 {
+                            return Err(ChunkError);
+                        }
+                        self.size = self.size * 16 + digit;
+                        Size(true)
+                    }
+                    b';' | b' ' | b'\t' if seen => Extension,
+                    b'\r' if seen => SizeLf,
+                    _ => return Err(ChunkError),
+                }
+            }
+            Extension => {
+                self.line += 1;
+                if self.line > MAX_LINE {
+                    return Err(ChunkError);
+                }
+                match byte {
+                    b'\r' => SizeLf,
+                    b'\n' => return Err(ChunkError),
+                    // Visible characters, space and tab.
+                    b'\t' | b' '..=b'~' | 0x80..=0xff => Extension,
+                    _ => return Err(ChunkError),
+                }
+            }
+            SizeLf => {
+                if byte != b'\n' {
+                    return Err(ChunkError);
+                }
+                let size = std::mem::take(&mut self.size);
+                self.line = 0;
+                if size == 0 { TrailerStart } else { Data(size) }
+            }
+            Data(_) => unreachable!("data is skipped in scan"),
+            DataCr if byte == b'\r' => DataLf,
+            DataLf if byte == b'\n' => Size(false),
+            DataCr | DataLf => return Err(ChunkError),
+            TrailerStart if byte == b'\r' => EndLf,
+            TrailerStart | TrailerLine => {
+                self.line += 1;
+                if self.line > MAX_TRAILERS {
+                    return Err(ChunkError);
+                }
+                match byte {
+                    b'\r' => TrailerLf,
+                    b'\n' => return Err(ChunkError),
+                    _ => TrailerLine,
+                }
+            }
+            TrailerLf if byte == b'\n' => TrailerStart,
+            EndLf if byte == b'\n' => Done,
+            TrailerLf | EndLf => return Err(ChunkError),
+            Done => Done,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Scans `body` split at every possible point, and byte by byte.
+    fn scan_all(body: &[u8]) -> Result<(usize, u64), ChunkError> {
+        let whole = {
+            let mut c = Chunked::default();
+            let n = c.scan(body)?;
+            assert!(c.done() || n == body.len());
+            (c.done().then_some(n), c.data)
+        };
+        for split in 0..=body.len() {
+            let mut c = Chunked::default();
+            let first = c.scan(&body[..split])?;
+            let n = if c.done() {
+                first
+            } else {
+                first + c.scan(&body[split..])?
+            };
+            assert_eq!((c.done().then_some(n), c.data), whole, "split at {split}");
+        }
+        let mut c = Chunked::default();
+        let mut n = 0;
+        for byte in body {
+            if c.done() {
+                break;
+            }
+            n += c.scan(std::slice::from_ref(byte))?;
+        }
+        assert_eq!((c.done().then_some(n), c.data), whole, "byte by byte");
+        Ok((whole.0.unwrap_or(usize::MAX), whole.1))
+    }
+
+    #[test]
+    fn bodies_end_where_they_end() {
+        let body = b"5\r\nhello\r\n1;ext=\"x y\"\r\n!\r\n0\r\n\r\nNEXT";
+        assert_eq!(scan_all(body), Ok((body.len() - 4, 6)));
+        let with_trailers = b"3\r\nabc\r\n0\r\nX-Sum: 1\r\nX-Other: 2\r\n\r\n";
+        assert_eq!(scan_all(with_trailers), Ok((with_trailers.len(), 3)));
+        let upper = b"A\r\n0123456789\r\n00\r\n\r\n";
+        assert_eq!(scan_all(upper), Ok((upper.len(), 10)));
+        let empty = b"0\r\n\r\n";
+        assert_eq!(scan_all(empty), Ok((empty.len(), 0)));
+    }
+
+    #[test]
+    fn an_unfinished_body_takes_everything() {
+        let mut c = Chunked::default();
+        assert_eq!(c.scan(b"10\r\nabc"), Ok(7));
+        assert!(!c.done());
+        assert_eq!(c.data, 3);
+    }
+
+    #[test]
+    fn bad_framing_is_refused() {
+        for bad in [
+            &b"\r\n"[..],
+            b"x\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\r\nhelloX\r\n0\r\n\r\n",
+            b"5\r\nhello\r\n0\r\n\n",
+            b"5\r\nhello\r\n0\r\nX: 1\n\r\n",
+            b"11111111111111111\r\n",
+            b";ext\r\n",
+            b"1;a\x01\r\nx\r\n",
+        ] {
+            assert_eq!(scan_all(bad).map(|_| ()), Err(ChunkError), "{bad:?}");
+        }
+        let mut long = b"1;".to_vec();
+        long.extend(std::iter::repeat_n(b'a', MAX_LINE));
+        assert_eq!(Chunked::default().scan(&long), Err(ChunkError));
+    }
+
+    #[test]
+    fn the_largest_size_fits() {
+        let mut c = Chunked::default();
+        assert_eq!(c.scan(b"fffffffffffffff\r\n"), Ok(17));
+        assert_eq!(c.state, State::Data(0xfff_ffff_ffff_ffff));
+    }
+}
