@@ -19,9 +19,10 @@ pub struct Cli {
     #[command(flatten)]
     pub log: LogArgs,
 
-    /// Threads of the async runtime. Default: one per CPU the runtime sees.
-    /// Match it to the pod's CPU limit: fewer threads hand work between each
-    /// other less often (measured: lower connect latency with 1 on 2 CPUs).
+    /// Threads of the async runtime. Default: one per CPU the runtime sees
+    /// (or TOKIO_WORKER_THREADS). Match it to the pod's CPU limit: fewer
+    /// threads hand work between each other less often. With 1, everything
+    /// runs on one thread, the leanest for a pod of one CPU.
     #[arg(long, env = "CLUSTER_RELAY_WORKER_THREADS", global = true, value_parser = clap::value_parser!(u16).range(1..))]
     pub worker_threads: Option<u16>,
 

@@ -136,7 +136,7 @@ pub fn nginx_server(
 /// `agent service-relay --role exit` in front of the upstream (named
 /// `upstream.bench.svc`, resolved to 127.0.0.1 by `--resolve`), reviewing
 /// callers against the control plane of `kubeconfig`; ready (/readyz 200).
-/// `worker_threads` sets `TOKIO_WORKER_THREADS`; `None` keeps the runtime's
+/// `worker_threads` is `--worker-threads`; `None` keeps the runtime's
 /// default (one per core).
 pub fn exit_relay(
     dir: &Path,
@@ -147,6 +147,9 @@ pub fn exit_relay(
 ) -> anyhow::Result<Server> {
     let log = dir.join(format!("{tag}.log"));
     let mut command = procs::command(env!("CARGO_BIN_EXE_agent"));
+    if let Some(n) = worker_threads {
+        command.args(["--worker-threads", &n.to_string()]);
+    }
     command
         .args(["service-relay", "--role", "exit"])
         .arg("--kubeconfig")
@@ -163,10 +166,7 @@ pub fn exit_relay(
         // info, for the lines naming the bound addresses; the relay logs
         // nothing at info per request.
         .args(["--log-format", "json", "--log-level", "info"]);
-    match worker_threads {
-        Some(n) => command.env("TOKIO_WORKER_THREADS", n.to_string()),
-        None => command.env_remove("TOKIO_WORKER_THREADS"),
-    };
+    command.env_remove("TOKIO_WORKER_THREADS");
     let mut proc = Proc::spawn(
         &format!("agent service-relay ({tag})"),
         command,
