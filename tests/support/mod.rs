@@ -15,6 +15,9 @@
 //! - [`hook_sink`]: recording webhook receivers
 //! - [`hook_forge`]: a stand-in for the forge's webhook-delivery API
 //! - [`http_client`]: whole HTTP answers from components and apiservers
+//! - [`scripted_upstream`]: an HTTP/1.1 upstream that records every request
+//!   and answers as a test scripts; [`exit_wire`]: the exit relay driven
+//!   through it with raw bytes
 //! - [`chart`]: the Helm chart rendered and linted (`hack/chart.py`), its
 //!   objects applied, its containers' flags checked against the binary
 //! - child processes, network namespaces and the per-run directory, cleaned
@@ -31,6 +34,7 @@ pub mod agent;
 pub mod chart;
 mod controlplane;
 pub mod echo;
+pub mod exit_wire;
 pub mod forge;
 mod forward;
 pub mod hook_forge;
