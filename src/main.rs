@@ -35,8 +35,8 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     // One thread: the single-threaded runtime, with no hand-offs between
-    // threads at all (the exit relay's CPU per request fell by about a
-    // tenth against one worker of the multi-threaded one).
+    // threads at all (a multi-threaded one with one worker still runs the
+    // accept loop on a second thread and hands each connection over).
     let mut builder = match cli.worker_threads {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         Some(n) => {
