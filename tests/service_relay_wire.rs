@@ -10,7 +10,7 @@
 //! (target, Host, Authorization, `X-Forwarded-*`, no `Cluster-Proxy-*` or
 //! hop-by-hop header), what the client receives (status, headers, bodies
 //! however framed), keep-alive and pipelining, and pooled connections the
-//! upstream closed. Each test has an upstream of its own, named by its port
+//! upstream closed (at the entry too, whose upstream client is hyper's). Each test has an upstream of its own, named by its port
 //! in `Cluster-Proxy-Port`, so tests sharing a relay stay independent.
 
 mod support;
@@ -434,6 +434,58 @@ fn a_get_on_a_pooled_connection_the_upstream_closes_unanswered_is_sent_again() {
     let mut client = Client::connect(relay());
     for target in ["/first", "/second"] {
         let response = client.exchange(&get(target, upstream.port()), "GET");
+        assert_eq!(response.status(), 200, "{target}: {response:?}");
+        assert_eq!(response.text(), target);
+    }
+    let seen: Vec<(usize, String)> = upstream
+        .requests()
+        .iter()
+        .map(|request| (request.connection, request.head.target().to_owned()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (0, "/first".to_owned()),
+            (0, "/second".to_owned()),
+            (1, "/second".to_owned())
+        ]
+    );
+}
+
+#[test]
+fn the_entry_sends_a_get_again_when_its_pooled_connection_closes_unanswered() {
+    // The same race at the entry (here in direct mode), whose upstream
+    // client is hyper's: a GET the upstream read and closed on without an
+    // answer goes again on a new connection.
+    let upstream = ScriptedUpstream::start(|request| match request.on_connection {
+        0 => Answer::Reply(ok(request.head.target())),
+        _ => Answer::Close,
+    });
+    let resolve = format!("{SERVICE}.{SERVICE_NAMESPACE}.svc=127.0.0.1");
+    let entry = support::agent::Agent::spawn(
+        &[
+            "service-relay",
+            "--role",
+            "entry",
+            "--direct",
+            "--resolve",
+            &resolve,
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ],
+        &["relay"],
+    )
+    .expect("entry relay starts");
+    let mut client = Client::connect(&entry);
+    let port = upstream.port();
+    for target in ["/first", "/second"] {
+        let request = format!(
+            "GET /api/v1/namespaces/{SERVICE_NAMESPACE}/services/{SERVICE}:{port}/proxy{target} HTTP/1.1\r\n\
+             Host: entry.example\r\n\r\n"
+        );
+        let response = client.exchange(request.as_bytes(), "GET");
         assert_eq!(response.status(), 200, "{target}: {response:?}");
         assert_eq!(response.text(), target);
     }

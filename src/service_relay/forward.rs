@@ -281,19 +281,23 @@ impl Upstream {
     /// One request on a pooled connection, or on a new one. A pooled
     /// connection the upstream closed before taking the request (a race
     /// with its keep-alive timeout) hands the request back, and it goes on
-    /// the next connection instead.
+    /// the next connection instead. One it closed after taking the request
+    /// but before answering gets it again on a new connection when that is
+    /// safe: an idempotent method (RFC 9110 section 9.2.2) and no body.
     async fn exchange(
         &self,
         origin: &Origin,
         mut request: Request<RequestBody>,
     ) -> Result<Response<Incoming>, ForwardError> {
+        let mut fresh = false;
         loop {
-            let (mut sender, pooled) = match self.pool.idle(origin) {
+            let (mut sender, pooled) = match self.pool.idle(origin).filter(|_| !fresh) {
                 Some(sender) => (sender, true),
                 // Boxed: the connect future (TLS handshake included) is
                 // large, and every request would otherwise move it around.
                 None => (Box::pin(self.connect(origin)).await?, false),
             };
+            let again = pooled.then(|| replayable(&request)).flatten();
             match sender.try_send_request(request).await {
                 Ok(response) => {
                     // After a switch of protocols the connection is the
@@ -304,8 +308,13 @@ impl Upstream {
                     }
                     return Ok(response);
                 }
-                Err(mut err) => match err.take_message() {
-                    Some(unsent) if pooled => request = unsent,
+                Err(mut err) => match (err.take_message(), again) {
+                    (Some(unsent), _) if pooled => request = unsent,
+                    (None, Some(copy)) if err.error().is_incomplete_message() => {
+                        tracing::debug!(origin = %origin.authority, "pooled connection closed unanswered; sending again");
+                        request = copy;
+                        fresh = true;
+                    }
                     _ => {
                         let err = err.into_error();
                         // Our own body limit, not the upstream's failure.
@@ -321,6 +330,30 @@ impl Upstream {
             }
         }
     }
+}
+
+/// A copy of `request` to send again, when that is safe: an idempotent
+/// method, no body, no upgrade.
+fn replayable(request: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+    use hyper::body::Body as _;
+    let idempotent = matches!(
+        *request.method(),
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::TRACE
+            | http::Method::PUT
+            | http::Method::DELETE
+    );
+    if !idempotent || !request.body().is_end_stream() || is_upgrade(request.headers()) {
+        return None;
+    }
+    let mut copy = Request::new(RequestBody::whole(Bytes::new()));
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    Some(copy)
 }
 
 impl Upstream {
