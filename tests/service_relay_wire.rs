@@ -419,6 +419,24 @@ fn a_connection_the_upstream_closed_after_its_response_is_not_reused() {
     );
 }
 
+/// Asserts that `/first` and `/second` went on connection 0, which closed
+/// on the second unanswered, and `/second` again on connection 1.
+fn assert_second_sent_again(upstream: &ScriptedUpstream) {
+    let seen: Vec<(usize, String)> = upstream
+        .requests()
+        .iter()
+        .map(|request| (request.connection, request.head.target().to_owned()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (0, "/first".to_owned()),
+            (0, "/second".to_owned()),
+            (1, "/second".to_owned())
+        ]
+    );
+}
+
 #[test]
 fn a_get_on_a_pooled_connection_the_upstream_closes_unanswered_is_sent_again() {
     // The worst timing of an upstream closing idle keep-alive connections:
@@ -437,19 +455,7 @@ fn a_get_on_a_pooled_connection_the_upstream_closes_unanswered_is_sent_again() {
         assert_eq!(response.status(), 200, "{target}: {response:?}");
         assert_eq!(response.text(), target);
     }
-    let seen: Vec<(usize, String)> = upstream
-        .requests()
-        .iter()
-        .map(|request| (request.connection, request.head.target().to_owned()))
-        .collect();
-    assert_eq!(
-        seen,
-        [
-            (0, "/first".to_owned()),
-            (0, "/second".to_owned()),
-            (1, "/second".to_owned())
-        ]
-    );
+    assert_second_sent_again(&upstream);
 }
 
 #[test]
@@ -489,17 +495,5 @@ fn the_entry_sends_a_get_again_when_its_pooled_connection_closes_unanswered() {
         assert_eq!(response.status(), 200, "{target}: {response:?}");
         assert_eq!(response.text(), target);
     }
-    let seen: Vec<(usize, String)> = upstream
-        .requests()
-        .iter()
-        .map(|request| (request.connection, request.head.target().to_owned()))
-        .collect();
-    assert_eq!(
-        seen,
-        [
-            (0, "/first".to_owned()),
-            (0, "/second".to_owned()),
-            (1, "/second".to_owned())
-        ]
-    );
+    assert_second_sent_again(&upstream);
 }
