@@ -43,7 +43,7 @@ impl Answer {
     }
 }
 
-/// A pooled client; cheap to clone.
+/// A client that opens a connection per request; cheap to clone.
 #[derive(Clone)]
 pub struct HttpClient {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -70,8 +70,14 @@ impl HttpClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
+        // No idle connections kept: a client may be shared by tests that
+        // each run on a runtime of their own, and a pooled connection's task
+        // dies with the runtime of the test that opened it (the next test
+        // then got "runtime dropped the dispatch task").
         HttpClient {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(0)
+                .build(connector),
         }
     }
 
