@@ -29,7 +29,7 @@ use self::{
     directory::{Directory, parse_resolve},
     entry::{Entry, ExitService, Mode},
     exit::Exit,
-    forward::{KubeconfigUpstream, Limits, Upstream, UpstreamConfig, roots_from_pem},
+    forward::{KubeconfigUpstream, Limits, Upstream, UpstreamConfig, add_roots_from_files},
     metrics::RelayMetrics,
 };
 use crate::{
@@ -195,25 +195,12 @@ impl Handler for Served {
     }
 }
 
-fn upstream_roots(files: &[PathBuf]) -> anyhow::Result<RootCertStore> {
-    let mut roots = RootCertStore::empty();
-    for file in files {
-        let pem = std::fs::read(file)
-            .map_err(|err| anyhow::anyhow!("--upstream-ca-file {}: {err}", file.display()))?;
-        let found = roots_from_pem(&pem, &file.display().to_string())
-            .map_err(|err| anyhow::anyhow!("--upstream-ca-file {err}"))?;
-        for anchor in found.roots {
-            roots.roots.push(anchor);
-        }
-    }
-    Ok(roots)
-}
-
 /// Runs the relay until shutdown.
 pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     // Checked before anything is bound or started.
     let server = args.serve.config()?;
-    let roots = upstream_roots(&args.upstream_ca_files)?;
+    let mut roots = RootCertStore::empty();
+    add_roots_from_files(&mut roots, &args.upstream_ca_files, "--upstream-ca-file")?;
     let statics: HashMap<_, _> = args.resolve.iter().cloned().collect();
     let limits = Limits {
         connect_timeout: args.connect_timeout,

@@ -37,7 +37,7 @@ use crate::{
         Resolution,
         caller::Callers,
         directory::Directory,
-        forward::{Limits, Upstream, UpstreamConfig, roots_from_pem},
+        forward::{Limits, Upstream, UpstreamConfig, add_roots_from_files, roots_from_pem},
     },
     shutdown::{Shutdown, ShutdownArgs},
 };
@@ -204,13 +204,7 @@ pub(crate) fn roots(files: &[PathBuf], flag: &str) -> anyhow::Result<RootCertSto
             break;
         }
     }
-    for file in files {
-        let pem = std::fs::read(file)
-            .map_err(|err| anyhow::anyhow!("{flag} {}: {err}", file.display()))?;
-        let found = roots_from_pem(&pem, &file.display().to_string())
-            .map_err(|err| anyhow::anyhow!("{flag} {err}"))?;
-        roots.roots.extend(found.roots);
-    }
+    add_roots_from_files(&mut roots, files, flag)?;
     Ok(roots)
 }
 

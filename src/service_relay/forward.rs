@@ -57,6 +57,23 @@ pub fn roots_from_pem(pem: &[u8], what: &str) -> Result<RootCertStore, TlsError>
     Ok(roots)
 }
 
+/// Adds the certificates of PEM `files` to `roots`; errors name `flag` and
+/// the file.
+pub fn add_roots_from_files(
+    roots: &mut RootCertStore,
+    files: &[std::path::PathBuf],
+    flag: &str,
+) -> anyhow::Result<()> {
+    for file in files {
+        let pem = std::fs::read(file)
+            .map_err(|err| anyhow::anyhow!("{flag} {}: {err}", file.display()))?;
+        let found = roots_from_pem(&pem, &file.display().to_string())
+            .map_err(|err| anyhow::anyhow!("{flag} {err}"))?;
+        roots.roots.extend(found.roots);
+    }
+    Ok(())
+}
+
 /// A pooled HTTP/1.1 client for http and https upstreams; cheap to clone.
 #[derive(Clone)]
 pub struct Upstream {
@@ -336,16 +353,10 @@ impl Upstream {
 /// method, no body, no upgrade.
 fn replayable(request: &Request<RequestBody>) -> Option<Request<RequestBody>> {
     use hyper::body::Body as _;
-    let idempotent = matches!(
-        *request.method(),
-        http::Method::GET
-            | http::Method::HEAD
-            | http::Method::OPTIONS
-            | http::Method::TRACE
-            | http::Method::PUT
-            | http::Method::DELETE
-    );
-    if !idempotent || !request.body().is_end_stream() || is_upgrade(request.headers()) {
+    if !super::headers::is_idempotent(request.method().as_str())
+        || !request.body().is_end_stream()
+        || is_upgrade(request.headers())
+    {
         return None;
     }
     let mut copy = Request::new(RequestBody::whole(Bytes::new()));

@@ -235,11 +235,7 @@ async fn plan(
     Plan::Forward(Forward {
         framing: request.framing,
         head,
-        // RFC 9110 section 9.2.2.
-        idempotent: matches!(
-            request.method,
-            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-        ),
+        idempotent: super::headers::is_idempotent(request.method),
         close: request.close,
         origin,
         target,

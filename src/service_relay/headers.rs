@@ -16,7 +16,8 @@ pub const PROTO: &str = "Cluster-Proxy-Proto";
 pub const NAMESPACE: &str = "Cluster-Proxy-Namespace";
 pub const SERVICE: &str = "Cluster-Proxy-Service";
 pub const PORT: &str = "Cluster-Proxy-Port";
-const PREFIX: &str = "cluster-proxy-";
+/// Every name with it is the relay's, and goes at the exit.
+pub const PREFIX: &str = "cluster-proxy-";
 
 /// The `Cluster-Proxy-*` names, parsed once: looking a header up by `&str`
 /// parses the name on every call.
@@ -171,7 +172,7 @@ pub fn add_forwarded(headers: &mut HeaderMap, peer: IpAddr, proto: &str) {
 
 /// An IPv4 address in dotted decimal, without the formatting machinery
 /// (it showed in the exit relay's profile).
-fn ipv4_text(ip: std::net::Ipv4Addr, buf: &mut [u8; 15]) -> &str {
+pub fn ipv4_text(ip: std::net::Ipv4Addr, buf: &mut [u8; 15]) -> &str {
     let mut at = 0;
     for (i, octet) in ip.octets().into_iter().enumerate() {
         if i > 0 {
@@ -190,6 +191,15 @@ fn ipv4_text(ip: std::net::Ipv4Addr, buf: &mut [u8; 15]) -> &str {
         at += 1;
     }
     std::str::from_utf8(&buf[..at]).expect("digits and dots are ASCII")
+}
+
+/// Whether a request with `method` may be sent again when no answer came
+/// (RFC 9110 section 9.2.2).
+pub fn is_idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    )
 }
 
 /// The token of a `Bearer` credential.

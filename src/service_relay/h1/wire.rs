@@ -7,7 +7,10 @@
 
 use std::net::IpAddr;
 
-use crate::service_relay::exit::Routing;
+use crate::service_relay::{
+    exit::Routing,
+    headers::{PREFIX, ipv4_text},
+};
 
 /// Most headers read in a head; a request with more goes to hyper.
 pub const MAX_HEADERS: usize = 96;
@@ -53,7 +56,6 @@ fn is(name: &str, lower: &str) -> bool {
 
 /// The kind of a request header, by name (matched on length first).
 fn kind(name: &str) -> Kind {
-    const PREFIX: &str = "cluster-proxy-";
     if name.len() > PREFIX.len() && is(&name[..PREFIX.len()], PREFIX) {
         let rest = &name[PREFIX.len()..];
         return match rest.len() {
@@ -222,20 +224,7 @@ fn kind_of_bytes(name: &[u8]) -> Kind {
 /// Writes an IP address as `Display` does, without the formatter for v4.
 fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                if octet >= 100 {
-                    out.push(b'0' + octet / 100);
-                }
-                if octet >= 10 {
-                    out.push(b'0' + octet / 10 % 10);
-                }
-                out.push(b'0' + octet % 10);
-            }
-        }
+        IpAddr::V4(v4) => out.extend_from_slice(ipv4_text(v4, &mut [0; 15]).as_bytes()),
         IpAddr::V6(v6) => {
             use std::io::Write as _;
             let _ = write!(out, "{v6}");
