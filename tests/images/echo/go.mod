@@ -1,0 +1,3 @@
+module cluster-relay.local/tests/images/echo
+
+go 1.26
