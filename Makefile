@@ -2,21 +2,35 @@
 #   make demo   the hosted topology from the Helm chart on real local control planes
 #   make test   formatting, lints and every test (unit, loopback, real control planes)
 #   make bench  side-by-side benchmarks against peers (socat, haproxy, nginx)
-# hack/install-deps.sh installs system packages and builds kube-apiserver once,
-# cached outside the checkout (CLUSTER_RELAY_CACHE, default /var/cache/cluster-relay).
+#   make image  the agent's OCI image, built without a daemon; prints the archive
+#   make test-oldest  the suites that talk to Kubernetes, against 1.20.2
+# hack/install-deps.sh installs system packages and builds kube-apiserver
+# 1.20.2 (the oldest supported); hack/build-kubernetes.sh builds the current
+# release. Both cache outside the checkout (CLUSTER_RELAY_CACHE, default
+# /var/cache/cluster-relay), keyed by version.
 
 CARGO ?= cargo
-export KUBE_APISERVER ?= $(or $(CLUSTER_RELAY_CACHE),/var/cache/cluster-relay)/kube-apiserver-1.20.2-r1
+CACHE := $(or $(CLUSTER_RELAY_CACHE),/var/cache/cluster-relay)
+# The current release: the newest whose go.mod the machine's Go 1.26 builds.
+export KUBE_VERSION ?= 1.37.2
+export KUBE_BIN ?= $(CACHE)/kubernetes-$(KUBE_VERSION)-r1
+OLDEST_APISERVER := $(CACHE)/kube-apiserver-1.20.2-r1
+# What talks to a kube-apiserver, run again against the oldest supported one.
+OLDEST_SUITES := apiserver_relay apiserver_relay_tcp provisioner service_relay \
+	service_relay_exit read_cache chart
 
-.PHONY: all deps deps-bench build release fmt-check lint unit test demo bench clean
+.PHONY: all deps deps-bench build release fmt-check lint unit test test-oldest \
+	images image demo bench clean
 
 all: build
 
 deps:
 	bash hack/install-deps.sh --helm
+	bash hack/build-kubernetes.sh $(KUBE_VERSION)
 
 deps-bench:
 	bash hack/install-deps.sh --bench
+	bash hack/build-kubernetes.sh $(KUBE_VERSION)
 
 build:
 	$(CARGO) build --locked
@@ -36,10 +50,26 @@ unit:
 # Test binaries run one after another; the tests inside one binary share its
 # control planes (tests/support), so use cargo test rather than nextest.
 # Not --all-targets: that would run the benchmarks (harness = false) as tests.
-test: deps fmt-check lint
+test: deps fmt-check lint images
 	$(CARGO) test --locked --lib --bins --tests
+	$(MAKE) test-oldest
 
-demo: deps
+# Debian's etcd 3.4 beside kube-apiserver 1.20.2, as in its time.
+test-oldest: deps
+	KUBE_APISERVER=$(OLDEST_APISERVER) ETCD=etcd \
+		$(CARGO) test --locked $(addprefix --test ,$(OLDEST_SUITES))
+
+# The images the e2e's nodes run: the pause sandbox, the echo Service and the
+# agent (the last line printed is the agent's archive).
+images: deps
+	bash hack/build-image.sh pause
+	bash hack/build-image.sh echo
+	bash hack/build-image.sh agent
+
+image: deps
+	bash hack/build-image.sh agent
+
+demo: deps images
 	bash hack/demo.sh
 
 bench: deps-bench

@@ -248,14 +248,25 @@ fn skip_or_fail(full: bool, missing: &str) -> anyhow::Result<()> {
 /// etcd, kubectl or the kube-apiserver the control plane script runs, if
 /// one is missing.
 fn plane_missing() -> Option<String> {
+    // hack/controlplane.sh's defaults: the current version's build.
+    let bin = std::env::var_os("KUBE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/cluster-relay/kubernetes-1.37.2-r1"));
     let apiserver = std::env::var_os("KUBE_APISERVER")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/cluster-relay/kube-apiserver-1.20.2-r1"));
-    ["etcd", "kubectl"]
-        .into_iter()
-        .find(|program| procs::which(program).is_none())
-        .map(str::to_owned)
-        .or_else(|| (!apiserver.is_file()).then(|| apiserver.display().to_string()))
+        .unwrap_or_else(|| bin.join("kube-apiserver"));
+    let etcd = std::env::var_os("ETCD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| bin.join("etcd"));
+    (procs::which("kubectl").is_none())
+        .then(|| "kubectl".to_owned())
+        .or_else(|| {
+            // ETCD may be a bare name (`make test-oldest`: Debian's etcd).
+            [apiserver, etcd]
+                .into_iter()
+                .find(|path| !path.is_file() && path.to_str().and_then(procs::which).is_none())
+                .map(|path| path.display().to_string())
+        })
 }
 
 fn describe_machine(wrk: &Path) {

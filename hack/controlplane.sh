@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# The single source of truth for how a local Kubernetes control plane (one
-# etcd plus one kube-apiserver, both bound to 127.0.0.1) is made, for the
-# integration tests (tests/support/), the demo and humans. No container engine
-# and no controller-manager: see /work/shared/SUBSTRATE.md.
+# The single source of truth for how a plain local Kubernetes control plane
+# (one etcd plus one kube-apiserver, both bound to 127.0.0.1, no node and no
+# controller-manager) is made, for the focused integration tests
+# (tests/support/) and the benches. Whole clusters with a real node are
+# hack/cluster.sh's.
+#
+# The apiserver and etcd are the current version's (hack/build-kubernetes.sh)
+# unless KUBE_APISERVER and ETCD say otherwise: `make test-oldest` points them
+# at kube-apiserver 1.20.2 (hack/install-deps.sh) and Debian's etcd 3.4.
 #
 #   controlplane.sh prepare DIR NAME   ports, CA and certs, kubeconfig, DIR/env
 #   controlplane.sh exec-etcd DIR      exec etcd in the foreground (log: DIR/etcd.log)
@@ -18,7 +23,9 @@
 # shellcheck disable=SC2153
 set -euo pipefail
 
-KUBE_APISERVER=${KUBE_APISERVER:-/var/cache/cluster-relay/kube-apiserver-1.20.2-r1}
+KUBE_BIN=${KUBE_BIN:-${CLUSTER_RELAY_CACHE:-/var/cache/cluster-relay}/kubernetes-${KUBE_VERSION:-1.37.2}-r1}
+KUBE_APISERVER=${KUBE_APISERVER:-$KUBE_BIN/kube-apiserver}
+ETCD=${ETCD:-$KUBE_BIN/etcd}
 # Marks a directory as made by `prepare`, so `down` never removes anything else.
 MARKER=.cluster-relay-controlplane
 SA_ISSUER=https://kubernetes.default.svc
@@ -129,7 +136,7 @@ authorityKeyIdentifier=keyid,issuer"
 cmd_exec_etcd() {
   local dir=$1
   load_env "$dir"
-  exec etcd --name "$NAME" --data-dir "$DIR/etcd" \
+  exec "$ETCD" --name "$NAME" --data-dir "$DIR/etcd" \
     --listen-client-urls "http://127.0.0.1:$ETCD_PORT" \
     --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
     --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
@@ -141,11 +148,18 @@ cmd_exec_etcd() {
 cmd_exec_apiserver() {
   local dir=$1
   load_env "$dir"
-  [ -x "$KUBE_APISERVER" ] || die "$KUBE_APISERVER is missing; run hack/install-deps.sh"
-  exec "$KUBE_APISERVER" \
+  [ -x "$KUBE_APISERVER" ] || die "$KUBE_APISERVER is missing; run hack/build-kubernetes.sh (or hack/install-deps.sh for 1.20.2)"
+  # --insecure-port exists (and must be 0) up to 1.23 only. No pod uses the
+  # `kubernetes` Service here, and current apiservers refuse to publish a
+  # loopback address in its endpoints: no endpoint reconciler.
+  local old=()
+  case "$("$KUBE_APISERVER" --version 2>/dev/null)" in
+    "Kubernetes v1.2"[0-3].*) old=(--insecure-port 0) ;;
+  esac
+  exec "$KUBE_APISERVER" "${old[@]}" \
     --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
     --secure-port "$APISERVER_PORT" --bind-address 127.0.0.1 \
-    --advertise-address 127.0.0.1 --insecure-port 0 \
+    --advertise-address 127.0.0.1 --endpoint-reconciler-type none \
     --tls-cert-file "$DIR/apiserver.crt" --tls-private-key-file "$DIR/apiserver.key" \
     --client-ca-file "$DIR/ca.crt" --cert-dir "$DIR/certdir" \
     --service-account-key-file "$DIR/sa.pub" \
@@ -188,7 +202,8 @@ live_pid() {
   local dir=$1 what=$2 pid
   [ -f "$dir/$what.pid" ] || return 1
   pid=$(cat "$dir/$what.pid")
-  [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$dir/" || return 1
+  # An argument is DIR itself (this script, before it execs) or a path in it.
+  [ -r "/proc/$pid/cmdline" ] && tr '\0' '\n' <"/proc/$pid/cmdline" | grep -qE -- "^$dir(/|\$)" || return 1
   echo "$pid"
 }
 

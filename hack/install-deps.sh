@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the tests, the demo and the benchmarks need on a fresh Debian
 # bookworm machine, as root, idempotently:
-#   - etcd (Debian's etcd-server), iproute2, openssl, kubectl check
-#   - kube-apiserver 1.20.2 built from Debian's source package, cached outside
-#     the checkout under $CLUSTER_RELAY_CACHE (default /var/cache/cluster-relay)
+#   - etcd (Debian's etcd-server, for 1.20.2), iproute2, openssl, kubectl check
+#   - the nodes' runtime and the image tools: containerd, runc, the CNI
+#     plugins, iptables and conntrack (kube-proxy, inside the node's network
+#     namespace), buildah, musl-tools and Rust's musl target (the static agent)
+#   - kube-apiserver 1.20.2 (the oldest supported) built from Debian's source
+#     package, cached outside the checkout under $CLUSTER_RELAY_CACHE (default
+#     /var/cache/cluster-relay); the current release is hack/build-kubernetes.sh's
 #   - benchmark peers (socat, haproxy, nginx-light, iperf3, wrk) with --bench
 #   - the Helm SDK for Python with --helm
 #   - PyGithub for the read-cache ETag profile tests
@@ -42,7 +46,18 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-apt_install etcd-server iproute2 openssl procps curl ca-certificates python3
+apt_install etcd-server iproute2 openssl procps curl ca-certificates python3 \
+  containerd runc containernetworking-plugins iptables conntrack buildah musl-tools
+# Debian's containerd enables a service on install where systemd runs; the
+# test nodes run their own, each with its own root and socket.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet containerd 2>/dev/null; then
+  systemctl stop containerd || true
+  systemctl disable containerd >/dev/null 2>&1 || true
+fi
+if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+  log "rustup target add x86_64-unknown-linux-musl"
+  rustup target add x86_64-unknown-linux-musl >&2
+fi
 # Debian starts etcd as a service on install; the tests run their own.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
   systemctl stop etcd || true
