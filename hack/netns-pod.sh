@@ -38,7 +38,6 @@
 # tests/support/netns_pod.rs.
 set -euo pipefail
 
-LOCK=/run/cluster-relay-netns-pod.lock
 NODE=crp-node     # the node's network namespace
 HOST_IF=crpnode   # the host's end of the host-to-node pair
 UPLINK=uplink     # its other end, in the node, on the bridge
@@ -48,33 +47,8 @@ RANGES="198.51.100.0/24 203.0.113.0/24"
 log() { printf 'netns-pod: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 usage() { grep '^#   netns-pod.sh' "$0" | cut -c3- >&2; exit 2; }
-
-lock() {
-  exec 9>"$LOCK"
-  flock -w 30 9 || die "could not take $LOCK within 30 s"
-}
-
-# Every IPv4 prefix the host already has: addresses and main-table routes
-# (except the default route, which overlaps everything).
-host_prefixes() {
-  ip -4 -o addr show | awk '{print $4}'
-  ip -4 route show | awk '
-    $1 == "default" { next }
-    $1 ~ /^(unicast|local|broadcast|multicast|blackhole|unreachable|prohibit|throw)$/ { print $2; next }
-    { print $1 }'
-}
-
-# The first documentation /24 that overlaps nothing on the host.
-free_range() {
-  python3 - "$(host_prefixes | tr '\n' ' ')" "$RANGES" <<'PY'
-import ipaddress, sys
-used = [ipaddress.ip_network(p, strict=False) for p in sys.argv[1].split()]
-for rng in map(ipaddress.ip_network, sys.argv[2].split()):
-    if not any(rng.overlaps(u) for u in used):
-        print(rng)
-        break
-PY
-}
+# shellcheck source=hack/lib/net.sh
+. "$(dirname "$0")/lib/net.sh"
 
 # Pod veths attached to the bridge (crpNn in the node), one per line.
 node_ports() {
@@ -92,13 +66,6 @@ remove_node_if_unused() {
   fi
 }
 
-# The MAC of the interface that has IPv4 address $1.
-mac_of() {
-  local IFS=.
-  # shellcheck disable=SC2086  # split into octets on purpose
-  printf '02:00:%02x:%02x:%02x:%02x' $1
-}
-
 # Makes the node if it is missing; prints the pod network's first three octets.
 ensure_node() {
   local cidr
@@ -110,7 +77,7 @@ ensure_node() {
   [ -z "$(node_ports)" ] || die "$NODE has pods but the host has no $HOST_IF address; delete those pods first"
   remove_node_if_unused
   local net
-  net=$(free_range)
+  net=$(free_range "$RANGES")
   [ -n "$net" ] || die "both $RANGES overlap addresses or routes of the host"
   ip netns add "$NODE"
   ip -n "$NODE" link add "$BRIDGE" type bridge
@@ -125,7 +92,7 @@ ensure_node() {
 cmd_create() {
   local ns=$1 base idx node_if pod_if
   [ ! -e "/run/netns/$ns" ] || die "network namespace $ns already exists"
-  lock
+  net_lock
   # From here on a failure must not leave anything behind.
   trap 'ip netns delete "$ns" 2>/dev/null || true; rm -rf "/etc/netns/${ns:?}";
         ip -n "$NODE" link delete "${node_if:-none}" 2>/dev/null || true; remove_node_if_unused' EXIT
@@ -175,7 +142,7 @@ cmd_delete() {
       done
     fi
   fi
-  lock
+  net_lock
   if [ -e "/run/netns/$ns" ]; then
     # Deleting the node's end removes the pair at once; the namespace itself
     # is torn down by the kernel asynchronously, once no socket holds it.

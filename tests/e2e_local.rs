@@ -1,21 +1,26 @@
-//! The local-process e2e of the hosted topology (DESIGN.md), driven by the
-//! chart itself. The chart is rendered with the values the add-on framework
-//! passes in hosted mode (`ci/hosted-values.yaml` + `e2e/local/values.yaml`);
-//! hosting-located manifests are applied to the hosting control plane and
-//! managed-located ones to the managed control plane. There is no kubelet, so
-//! each rendered Deployment's container command and args are run as a process
-//! in its own network namespace ("pod"), with the env the Pod would get and a
-//! token of the Deployment's own ServiceAccount, so the chart's RBAC is what
-//! allows or refuses each call. Then, through those processes:
+//! The e2e of the hosted topology (DESIGN.md) on real clusters, driven by
+//! the chart itself. Two clusters of the current Kubernetes, each with a
+//! real node (`hack/cluster.sh`: controller-manager, scheduler, containerd,
+//! kubelet, kube-proxy), run the agent's image (`hack/build-image.sh`). The
+//! chart is rendered with the values the add-on framework passes in hosted
+//! mode (`ci/hosted-values.yaml` + `e2e/local/values.yaml`); hosting-located
+//! manifests are applied to the hosting cluster and managed-located ones to
+//! the managed cluster, whose namespaces enforce the restricted Pod Security
+//! Standard. Everything then runs as real pods: probes, securityContext,
+//! projected ServiceAccount tokens, resources and termination are the
+//! kubelet's. Clients stand where a hosting-side client would: in the
+//! hosting cluster's network, reaching Services by their ClusterIPs.
 //!
 //! 1. kubectl against the managed cluster through the apiserver relay;
-//! 2. an HTTP Service on the managed cluster through the service relay
-//!    (entry on the hosting side, exit as a pod of the managed cluster);
-//! 3. cached reads through the read cache (skipped, saying so, while the
-//!    binary has no `read-cache`; see [`READ_CACHE_REQUIRED`]);
+//! 2. the echo Service (a real pod) through entry → managed apiserver
+//!    `services/proxy` → exit pod;
+//! 3. cached reads through the read cache;
 //! 4. token rotations with no failed request;
-//! 5. the add-on deleted: the cleanup Job's command, then the manifests,
-//!    and nothing of ours is left on either cluster.
+//! 5. the footprint: RSS of every hosting-side pod, idle and after a steady
+//!    load through each relay, and the time from install to all Ready;
+//! 6. the add-on deleted: the cleanup Job as a real Job, then the manifests;
+//!    the namespace controller removes the managed namespace, and nothing of
+//!    ours is left on either cluster.
 //!
 //! A flag the chart passes that the binary does not accept fails step 0,
 //! before anything runs (and `tests/chart.rs` shows the check catches one).
@@ -23,6 +28,7 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
@@ -32,236 +38,72 @@ use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use support::{
-    ControlPlane, NetnsPod,
-    agent::{agent_bin, http_get, raw_http},
+    Cluster,
     chart::{self, Rendered, args_of, chart_file, check_flags},
-    echo::{EchoPod, echoed},
-    repo_path, run_dir, shared, wait_for_sync, wait_until_sync,
+    echo::echoed,
+    repo_path, run_dir, shared_cluster, wait_for_sync, wait_until_sync,
 };
 
-/// Set to true once `agent read-cache` is merged: its step then fails
-/// instead of being skipped when the subcommand is missing.
-const READ_CACHE_REQUIRED: bool = true;
-
-const DEADLINE: Duration = Duration::from_secs(90);
+const DEADLINE: Duration = Duration::from_secs(120);
 const HOSTING_NS: &str = "klusterlet-c1";
 const MANAGED_NS: &str = "open-cluster-management-agent-addon";
 const TARGET: &str = "cluster-relay-managed-kubeconfig";
 const ADMIN_PORT: u16 = 9090;
 const USER: &str = "Bearer the-users-own-token";
-
-/// A rendered Deployment or Job, as the process that stands in for its Pod.
-struct Workload {
-    id: String,
-    location: String,
-    namespace: String,
-    service_account: String,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-}
-
-impl Workload {
-    fn from(object: &Rendered) -> anyhow::Result<Workload> {
-        let namespace = object.namespace().context("namespaced")?.to_owned();
-        let pod_name = format!("{}-0", object.name());
-        let containers = object.containers();
-        anyhow::ensure!(containers.len() == 1, "{}: one container", object.id());
-        let container = containers[0];
-        anyhow::ensure!(
-            container["command"] == json!(["/agent"]),
-            "{}: the image's binary is /agent",
-            object.id()
-        );
-        let mut env = Vec::new();
-        for var in container["env"].as_array().into_iter().flatten() {
-            let name = var["name"].as_str().context("env name")?.to_owned();
-            let value = match (
-                &var["value"],
-                var["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
-            ) {
-                (Value::String(value), _) => value.clone(),
-                (_, Some("metadata.name")) => pod_name.clone(),
-                (_, Some("metadata.namespace")) => namespace.clone(),
-                _ => bail!("{}: env {name} is not supported by this e2e", object.id()),
-            };
-            env.push((name, value));
-        }
-        Ok(Workload {
-            id: object.id(),
-            location: object.location.clone(),
-            namespace,
-            service_account: object.object["spec"]["template"]["spec"]["serviceAccountName"]
-                .as_str()
-                .context("serviceAccountName")?
-                .to_owned(),
-            args: args_of(container),
-            env,
-        })
-    }
-
-    fn subcommand(&self) -> &str {
-        &self.args[0]
-    }
-
-    /// `agent ARGS` with the Pod's env and its ServiceAccount's credentials
-    /// for the cluster it runs on (what in-cluster config would give it).
-    fn command(&self, plane: &ControlPlane) -> anyhow::Result<Command> {
-        let kubeconfig = service_account_kubeconfig(plane, &self.namespace, &self.service_account)?;
-        let mut cmd = Command::new(agent_bin());
-        cmd.args(&self.args).env("KUBECONFIG", kubeconfig);
-        for (name, value) in &self.env {
-            cmd.env(name, value);
-        }
-        Ok(cmd)
-    }
-}
-
-/// A kubeconfig for `namespace/account` on `plane`, with a token from the
-/// TokenRequest API: that ServiceAccount's RBAC is all it can do.
-fn service_account_kubeconfig(
-    plane: &ControlPlane,
-    namespace: &str,
-    account: &str,
-) -> anyhow::Result<PathBuf> {
-    let token =
-        plane.kubectl_ok(&["create", "token", account, "-n", namespace, "--duration=1h"])?;
-    let ca = base64::engine::general_purpose::STANDARD.encode(plane.ca_pem());
-    let kubeconfig = format!(
-        "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{}\", certificate-authority-data: \"{ca}\"}}}}]\n\
-         users: [{{name: u, user: {{token: \"{}\"}}}}]\ncontexts: [{{name: c, context: {{cluster: c, user: u}}}}]\ncurrent-context: c\n",
-        plane.server(),
-        token.trim()
-    );
-    let path = run_dir().join(format!("{}-{namespace}-{account}.kubeconfig", plane.name()));
-    std::fs::write(&path, kubeconfig)?;
-    Ok(path)
-}
-
-/// A workload running as a process in a pod; the pod goes on drop.
-struct Running {
-    pod: NetnsPod,
-}
-
-impl Running {
-    fn addr(&self, port: u16) -> SocketAddr {
-        SocketAddr::from((self.pod.pod_ip(), port))
-    }
-
-    fn ip(&self) -> Ipv4Addr {
-        self.pod.pod_ip()
-    }
-}
-
-/// Runs `workload` as pod `<name>-0` of its location's plane. Processes in
-/// it reach both apiservers at the addresses of their kubeconfigs.
-fn run(
-    workload: &Workload,
-    hosting: &ControlPlane,
-    managed: &ControlPlane,
-) -> anyhow::Result<Running> {
-    let plane = if workload.location == "managed" {
-        managed
-    } else {
-        hosting
-    };
-    let name = format!("{}-0", workload.id.split('/').nth(1).unwrap_or("pod"));
-    let pod = NetnsPod::create(plane, &workload.namespace, &name, &[])?;
-    pod.forward_host_port(managed.port())?;
-    if workload.location == "hosting" {
-        pod.forward_host_port(hosting.port())?;
-    }
-    pod.spawn(workload.command(plane)?)?;
-    Ok(Running { pod })
-}
-
-fn wait_ready(running: &Running, what: &str) -> anyhow::Result<()> {
-    let addr = running.addr(ADMIN_PORT);
-    wait_until_sync(&format!("{what} to be ready"), DEADLINE, || {
-        http_get(addr, "/readyz").is_ok_and(|(status, _)| status == 200)
-    })
-    .with_context(|| format!("{what} log:\n{}", running.pod.log()))
-}
-
-/// The provisioned managed kubeconfig and its hash annotation.
-fn provisioned(hosting: &ControlPlane) -> anyhow::Result<(String, String)> {
-    let out = hosting.kubectl_ok(&["get", "secret", TARGET, "-n", HOSTING_NS, "-o", "json"])?;
-    let secret: Value = serde_json::from_str(&out)?;
-    let data = secret["data"]["kubeconfig"]
-        .as_str()
-        .context("data.kubeconfig")?;
-    let kubeconfig = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(data)?)?;
-    let hash = secret["metadata"]["annotations"]["cluster-relay.io/kubeconfig-hash"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    Ok((kubeconfig, hash))
-}
-
-/// kubectl with `kubeconfig` (a path) through the apiserver relay at `relay`.
-fn kubectl_through(
-    relay: SocketAddr,
-    kubeconfig: &std::path::Path,
-    args: &[&str],
-) -> anyhow::Result<String> {
-    let out = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args([
-            "--server",
-            &format!("https://{relay}"),
-            "--tls-server-name",
-            "kubernetes.default.svc",
-        ])
-        .args(["--request-timeout=20s"])
-        .args(args)
-        .env("KUBECACHEDIR", run_dir().join("kubecache-relay"))
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "kubectl {args:?} through the relay: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn get_through_entry(entry: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: entry\r\nConnection: close\r\nAuthorization: {USER}\r\n\r\n"
-    );
-    raw_http(entry, request.as_bytes())
-}
-
-/// Endpoints for the chart's exit Service, pointing at the exit pod (what
-/// the endpoints controller would do for its selector).
-fn register_exit_endpoints(
-    managed: &ControlPlane,
-    exit: &Running,
-    service: &Rendered,
-) -> anyhow::Result<()> {
-    let port = &service.object["spec"]["ports"][0];
-    let endpoints = json!({
-        "apiVersion": "v1", "kind": "Endpoints",
-        "metadata": {"name": service.name(), "namespace": MANAGED_NS},
-        "subsets": [{
-            "addresses": [{"ip": exit.ip().to_string(),
-                "targetRef": {"kind": "Pod", "name": exit.pod.name(), "namespace": MANAGED_NS}}],
-            "ports": [{"name": port["name"], "port": port["port"], "protocol": "TCP"}],
-        }],
-    });
-    managed.kubectl_with_stdin(&["apply", "-f", "-"], endpoints.to_string().as_bytes())?;
-    Ok(())
-}
+const ECHO: &str = "/api/v1/namespaces/apps/services/http:echo:8080/proxy";
 
 #[test]
-fn the_hosted_topology_from_the_chart_end_to_end() {
+fn the_hosted_topology_on_real_clusters() {
     if let Err(err) = end_to_end() {
         panic!("{err:#}");
     }
 }
 
+/// `hack/build-image.sh what`: the archive's path (its last line).
+fn image(what: &str) -> anyhow::Result<PathBuf> {
+    let out = Command::new(repo_path("hack/build-image.sh"))
+        .arg(what)
+        .output()
+        .context("running hack/build-image.sh")?;
+    if !out.status.success() {
+        bail!(
+            "hack/build-image.sh {what}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    Ok(PathBuf::from(
+        stdout.lines().last().context("no archive path")?,
+    ))
+}
+
 fn end_to_end() -> anyhow::Result<()> {
-    let (hosting, managed) = (shared("hosting"), shared("managed"));
+    let (hosting, managed) = (shared_cluster("hosting", 0), shared_cluster("managed", 1));
+    let (agent, echo) = (image("agent")?, image("echo")?);
+    for cluster in [hosting, managed] {
+        cluster.import(&agent)?;
+        cluster.import(&echo)?;
+    }
+    println!("== two clusters, each with a real node");
+    for cluster in [hosting, managed] {
+        let version = cluster.kubectl_ok(&["version", "-o", "json"])?;
+        let version: Value = serde_json::from_str(&version)?;
+        let nodes = cluster.kubectl_ok(&["get", "nodes", "-o", "wide", "--no-headers"])?;
+        println!(
+            "   {}: Kubernetes {} at {}; node: {}",
+            cluster.name(),
+            version["serverVersion"]["gitVersion"]
+                .as_str()
+                .unwrap_or("?"),
+            cluster.server(),
+            nodes
+                .split_whitespace()
+                .take(6)
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+
     let objects = chart::render(
         &[
             chart_file("ci/hosted-values.yaml"),
@@ -270,36 +112,22 @@ fn end_to_end() -> anyhow::Result<()> {
         &Value::Null,
         MANAGED_NS,
     )?;
-    let workloads: Vec<(Workload, &Rendered)> = objects
+    println!("== 0. every container's flags are ones the binary accepts");
+    for object in objects
         .iter()
         .filter(|o| matches!(o.kind(), "Deployment" | "Job"))
-        .map(|o| Workload::from(o).map(|w| (w, o)))
-        .collect::<anyhow::Result<_>>()?;
-    let read_cache_available = chart::accepted_flags("read-cache").is_ok();
-
-    println!("== 0. every container's flags are ones the binary accepts");
-    for (workload, _) in &workloads {
-        if workload.subcommand() == "read-cache" && !read_cache_available && !READ_CACHE_REQUIRED {
-            println!(
-                "   SKIPPED {}: this binary has no `agent read-cache` yet",
-                workload.id
-            );
-            continue;
+    {
+        for container in object.containers() {
+            check_flags(&args_of(container)).with_context(|| object.id())?;
         }
-        check_flags(&workload.args).with_context(|| workload.id.clone())?;
     }
 
     println!("== the framework's part: the source Secret exists, the manifests are applied");
-    for location in ["hosting", "managed"] {
-        let mut ids: Vec<String> = objects
-            .iter()
-            .filter(|o| o.location == location)
-            .map(Rendered::id)
-            .collect();
-        ids.sort();
-        println!("   {location}: {}", ids.join(", "));
+    for (cluster, ns) in [(hosting, HOSTING_NS), (managed, MANAGED_NS)] {
+        restricted_namespace(cluster, ns)?;
     }
-    hosting.ensure_namespace(HOSTING_NS)?;
+    // The managed cluster's admin kubeconfig: its server is the managed
+    // node's address, which hosting-side pods reach.
     hosting.kubectl_ok(&[
         "create",
         "secret",
@@ -318,21 +146,31 @@ fn end_to_end() -> anyhow::Result<()> {
             .filter(|o| o.location == location && o.hook.is_empty())
             .collect()
     };
+    let installed = Instant::now();
     chart::apply(managed, &placed("managed"))?;
-    managed.ensure_namespace(MANAGED_NS)?; // its default ServiceAccount, for the Pods
     chart::apply(hosting, &placed("hosting"))?;
-
-    let find = |name: &str| {
-        workloads
-            .iter()
-            .find(|(w, _)| w.id == format!("Deployment/cluster-relay-{name}"))
-            .map(|(w, _)| w)
-            .with_context(|| format!("no {name} Deployment rendered"))
-    };
+    start_echo(managed)?;
+    for (cluster, ns) in [
+        (hosting, HOSTING_NS),
+        (managed, MANAGED_NS),
+        (managed, "apps"),
+    ] {
+        deployments_available(cluster, ns)?;
+    }
+    let ready_after = installed.elapsed();
+    println!(
+        "   every Deployment Available {:.1} s after the manifests were applied",
+        ready_after.as_secs_f64()
+    );
+    for cluster in [hosting, managed] {
+        println!("   kubectl get pods -o wide -A on {}:", cluster.name());
+        let pods = cluster.kubectl_ok(&["get", "pods", "-A", "-o", "wide"])?;
+        for line in pods.lines() {
+            println!("     {line}");
+        }
+    }
 
     println!("== the provisioner writes the managed kubeconfig");
-    let provisioner = run(find("provisioner")?, hosting, managed)?;
-    wait_ready(&provisioner, "the provisioner")?;
     let (_, first_hash) = wait_for_sync("the managed kubeconfig Secret", DEADLINE, || {
         provisioned(hosting)
     })?;
@@ -342,41 +180,23 @@ fn end_to_end() -> anyhow::Result<()> {
     );
 
     println!("== 1. kubectl through the apiserver relay");
-    let apiserver_relay = run(find("apiserver-relay")?, hosting, managed)?;
-    wait_ready(&apiserver_relay, "the apiserver relay")?;
-    let relay = apiserver_relay.addr(6443);
+    let relay = service_addr(hosting, HOSTING_NS, "c1")?;
     let out = kubectl_through(
+        hosting,
         relay,
         &managed.kubeconfig_path(),
         &["get", "namespace", MANAGED_NS, "-o", "name"],
     )?;
     anyhow::ensure!(out.trim() == format!("namespace/{MANAGED_NS}"), "{out}");
     println!(
-        "   kubectl --server https://{relay} get namespace {MANAGED_NS}: {} (TLS end to end with the managed apiserver)",
+        "   from the hosting cluster's network, kubectl --server https://{relay} get namespace {MANAGED_NS}: {} (TLS end to end with the managed apiserver)",
         out.trim()
     );
 
-    println!("== 2. an HTTP Service of the managed cluster through the service relay");
-    let _echo = EchoPod::start(managed, "apps", "echo", 8080, None)?;
-    let exit = run(find("service-relay-exit")?, hosting, managed)?;
-    let exit_service = objects
-        .iter()
-        .find(|o| o.kind() == "Service" && o.name() == "cluster-relay-service-relay")
-        .context("no exit Service rendered")?;
-    register_exit_endpoints(managed, &exit, exit_service)?;
-    wait_ready(&exit, "the exit relay")?;
-    let entry = run(find("service-relay-entry")?, hosting, managed)?;
-    wait_ready(&entry, "the service-relay entry")?;
-    let entry_addr = entry.addr(7444);
-    let (status, body) = get_through_entry(
-        entry_addr,
-        "/api/v1/namespaces/apps/services/http:echo:8080/proxy/hello",
-    )?;
-    anyhow::ensure!(
-        status == 200,
-        "{status}: {body}\nexit log:\n{}",
-        exit.pod.log()
-    );
+    println!("== 2. the echo Service of the managed cluster through the service relay");
+    let entry = service_addr(hosting, HOSTING_NS, "cluster-relay-service-relay-entry")?;
+    let (status, body) = get_through_entry(hosting, entry, &format!("{ECHO}/hello"))?;
+    anyhow::ensure!(status == 200, "{status}: {body}");
     let (json, headers) = echoed(&body);
     anyhow::ensure!(json["path"] == "/hello", "{json}");
     anyhow::ensure!(
@@ -384,13 +204,312 @@ fn end_to_end() -> anyhow::Result<()> {
         "{headers:?}"
     );
     println!(
-        "   GET http://{entry_addr}/api/v1/namespaces/apps/services/http:echo:8080/proxy/hello: 200 from the echo Service on the managed cluster, with the caller's own Authorization"
+        "   GET http://{entry}{ECHO}/hello: 200 from the echo pod on the managed cluster, with the caller's own Authorization"
     );
 
     println!("== 3. cached reads through the read cache");
-    cached_reads(&workloads, read_cache_available, hosting, managed)?;
+    let cache = service_addr(hosting, HOSTING_NS, "cluster-relay-read-cache")?;
+    let read = cached_reads(hosting, managed, cache)?;
 
     println!("== 4. the token rotates and no request fails");
+    rotations(hosting, relay, entry, first_hash)?;
+
+    println!("== 5. the footprint of one managed cluster on the hosting cluster");
+    footprint(hosting, relay, entry, cache, &read)?;
+
+    println!("== 6. the add-on is deleted: the cleanup Job, then the manifests");
+    uninstall(hosting, managed, &objects)?;
+    Ok(())
+}
+
+/// Creates `ns` enforcing the restricted Pod Security Standard, so the real
+/// admission plugin checks the chart's securityContext.
+fn restricted_namespace(cluster: &Cluster, ns: &str) -> anyhow::Result<()> {
+    let namespace = json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": ns, "labels": {
+            "pod-security.kubernetes.io/enforce": "restricted",
+            "pod-security.kubernetes.io/enforce-version": "latest"}},
+    });
+    cluster.kubectl_with_stdin(&["apply", "-f", "-"], namespace.to_string().as_bytes())?;
+    Ok(())
+}
+
+/// The echo Service on the managed cluster: a Deployment of the echo image
+/// (tests/images/echo) and its Service, in namespace `apps`.
+fn start_echo(managed: &Cluster) -> anyhow::Result<()> {
+    restricted_namespace(managed, "apps")?;
+    let labels = json!({"app": "echo"});
+    let objects = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {"name": "echo", "namespace": "apps"},
+         "spec": {"selector": {"matchLabels": labels}, "template": {
+            "metadata": {"labels": labels},
+            "spec": {
+                "automountServiceAccountToken": false,
+                "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{
+                    "name": "echo", "image": "localhost/cluster-relay/echo:dev",
+                    "imagePullPolicy": "Never", "args": ["-listen", ":8080"],
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 2},
+                    "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+                    "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                        "capabilities": {"drop": ["ALL"]}},
+                }]}}}},
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": "echo", "namespace": "apps"},
+         "spec": {"selector": labels, "ports": [{"name": "http", "port": 8080, "targetPort": "http"}]}},
+    ]});
+    managed.kubectl_with_stdin(&["apply", "-f", "-"], objects.to_string().as_bytes())?;
+    Ok(())
+}
+
+/// Waits until every Deployment in `ns` is Available, with the kubelet's
+/// and containerd's logs on failure.
+fn deployments_available(cluster: &Cluster, ns: &str) -> anyhow::Result<()> {
+    wait_until_sync(
+        &format!("the Deployments in {}/{ns} to be Available", cluster.name()),
+        DEADLINE,
+        || {
+            cluster
+                .kubectl_ok(&[
+                    "wait",
+                    "-n",
+                    ns,
+                    "deployments",
+                    "--all",
+                    "--for=condition=Available",
+                    "--timeout=5s",
+                ])
+                .is_ok()
+        },
+    )
+    .with_context(|| {
+        let pods = cluster
+            .kubectl_ok(&["get", "pods", "-n", ns, "-o", "wide"])
+            .unwrap_or_default();
+        let events = cluster
+            .kubectl_ok(&["get", "events", "-n", ns, "--sort-by=.lastTimestamp"])
+            .unwrap_or_default();
+        let kubelet = cluster.log("kubelet");
+        let tail: Vec<&str> = kubelet.lines().rev().take(20).collect();
+        format!(
+            "pods:\n{pods}\nevents:\n{events}\nkubelet:\n{}",
+            tail.join("\n")
+        )
+    })
+}
+
+/// The ClusterIP and first port of Service `ns/name`.
+fn service_addr(cluster: &Cluster, ns: &str, name: &str) -> anyhow::Result<SocketAddr> {
+    let out = cluster.kubectl_ok(&[
+        "get",
+        "service",
+        name,
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.spec.clusterIP} {.spec.ports[0].port}",
+    ])?;
+    let (ip, port) = out.split_once(' ').context("clusterIP and port")?;
+    Ok(SocketAddr::from((
+        ip.parse::<Ipv4Addr>().context("a ClusterIP")?,
+        port.trim().parse::<u16>().context("a port")?,
+    )))
+}
+
+/// The provisioned managed kubeconfig and its hash annotation.
+fn provisioned(hosting: &Cluster) -> anyhow::Result<(String, String)> {
+    let out = hosting.kubectl_ok(&["get", "secret", TARGET, "-n", HOSTING_NS, "-o", "json"])?;
+    let secret: Value = serde_json::from_str(&out)?;
+    let data = secret["data"]["kubeconfig"]
+        .as_str()
+        .context("data.kubeconfig")?;
+    let kubeconfig = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(data)?)?;
+    let hash = secret["metadata"]["annotations"]["cluster-relay.io/kubeconfig-hash"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    Ok((kubeconfig, hash))
+}
+
+/// kubectl with `kubeconfig` (a path) through the apiserver relay at
+/// `relay`, run in the hosting cluster's network.
+fn kubectl_through(
+    hosting: &Cluster,
+    relay: SocketAddr,
+    kubeconfig: &std::path::Path,
+    args: &[&str],
+) -> anyhow::Result<String> {
+    let out = hosting
+        .in_node("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args([
+            "--server",
+            &format!("https://{relay}"),
+            "--tls-server-name",
+            "kubernetes.default.svc",
+            "--request-timeout=20s",
+        ])
+        .args(args)
+        .env("KUBECACHEDIR", run_dir().join("kubecache-relay"))
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "kubectl {args:?} through the relay: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// One HTTP/1.1 exchange from the hosting cluster's network (use
+/// `Connection: close`); the status and the body.
+fn http_in(cluster: &Cluster, addr: SocketAddr, request: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = cluster.connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(request.as_bytes())?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    support::agent::parse_response(&response)
+}
+
+fn get_through_entry(
+    hosting: &Cluster,
+    entry: SocketAddr,
+    path: &str,
+) -> anyhow::Result<(u16, String)> {
+    http_in(
+        hosting,
+        entry,
+        &format!(
+            "GET {path} HTTP/1.1\r\nHost: entry\r\nConnection: close\r\nAuthorization: {USER}\r\n\r\n"
+        ),
+    )
+}
+
+/// Step 3: a reader on the managed cluster reads a ConfigMap twice through
+/// the cache; the second read is a hit; a caller without the right is
+/// refused. Returns the reader's request, for the load of step 5.
+fn cached_reads(hosting: &Cluster, managed: &Cluster, cache: SocketAddr) -> anyhow::Result<String> {
+    managed.kubectl_ok(&["create", "namespace", "reads"])?;
+    for args in [
+        &[
+            "create",
+            "configmap",
+            "cached",
+            "-n",
+            "reads",
+            "--from-literal=k=v",
+        ][..],
+        &["create", "serviceaccount", "reader", "-n", "reads"],
+        &[
+            "create",
+            "role",
+            "reader",
+            "-n",
+            "reads",
+            "--verb=get,list",
+            "--resource=configmaps",
+        ],
+        &[
+            "create",
+            "rolebinding",
+            "reader",
+            "-n",
+            "reads",
+            "--role=reader",
+            "--serviceaccount=reads:reader",
+        ],
+    ] {
+        managed.kubectl_ok(args)?;
+    }
+    let token = managed.kubectl_ok(&["create", "token", "reader", "-n", "reads"])?;
+    let request = format!(
+        "GET /api/v1/namespaces/reads/configmaps/cached HTTP/1.1\r\nHost: cache\r\nConnection: close\r\nAuthorization: Bearer {}\r\n\r\n",
+        token.trim()
+    );
+    let mut bodies = Vec::new();
+    for _ in 0..2 {
+        let (status, body) = http_in(hosting, cache, &request)?;
+        anyhow::ensure!(status == 200, "{status}: {body}");
+        bodies.push(body);
+    }
+    anyhow::ensure!(bodies[0] == bodies[1], "the cached read differs");
+    let hits = metric_sum(
+        hosting,
+        "read-cache",
+        "cluster_relay_read_cache_requests_total{",
+        r#"cache="fresh_hit""#,
+    )?;
+    anyhow::ensure!(hits >= 1.0, "no cache hit counted");
+    let (status, _) = http_in(
+        hosting,
+        cache,
+        &request.replace(token.trim(), "not-a-token"),
+    )?;
+    anyhow::ensure!(
+        status == 401 || status == 403,
+        "an unauthorized read got {status}"
+    );
+    println!(
+        "   GET configmaps/cached via {cache} twice: 200, the second from the cache; a bad token: {status}"
+    );
+    Ok(request)
+}
+
+/// The pods of the chart's `component` on the hosting cluster: (name, IP, uid).
+fn pods_of(hosting: &Cluster, component: &str) -> anyhow::Result<Vec<(String, String, String)>> {
+    let out = hosting.kubectl_ok(&[
+        "get",
+        "pods",
+        "-n",
+        HOSTING_NS,
+        "-l",
+        &format!("app.kubernetes.io/component={component}"),
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {.status.podIP} {.metadata.uid}{\"\\n\"}{end}",
+    ])?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace().map(str::to_owned);
+            Some((f.next()?, f.next()?, f.next()?))
+        })
+        .collect())
+}
+
+/// The sum of the samples of `metric` (a name and `{`) whose labels contain
+/// `label`, over the admin ports of `component`'s pods.
+fn metric_sum(
+    hosting: &Cluster,
+    component: &str,
+    metric: &str,
+    label: &str,
+) -> anyhow::Result<f64> {
+    let mut sum = 0.0;
+    for (_, ip, _) in pods_of(hosting, component)? {
+        let addr = SocketAddr::from((ip.parse::<Ipv4Addr>()?, ADMIN_PORT));
+        let (_, body) = http_in(hosting, addr, "GET /metrics HTTP/1.0\r\n\r\n")?;
+        sum += body
+            .lines()
+            .filter(|l| l.starts_with(metric) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    Ok(sum)
+}
+
+/// Step 4: requests through both relays while the provisioner replaces the
+/// token (every 10 s with e2e/local/values.yaml); none may fail.
+fn rotations(
+    hosting: &Cluster,
+    relay: SocketAddr,
+    entry: SocketAddr,
+    first_hash: String,
+) -> anyhow::Result<()> {
     let mut seen = BTreeSet::from([first_hash]);
     let (mut ok, mut failed) = (0, Vec::new());
     let started = Instant::now();
@@ -401,22 +520,16 @@ fn end_to_end() -> anyhow::Result<()> {
             // A hosting-side client with the new kubeconfig, through the relay.
             std::fs::write(&provisioned_path, &kubeconfig)?;
             match kubectl_through(
+                hosting,
                 relay,
                 &provisioned_path,
-                &[
-                    "get",
-                    "--raw",
-                    "/api/v1/namespaces/apps/services/http:echo:8080/proxy/new-token",
-                ],
+                &["get", "--raw", &format!("{ECHO}/new-token")],
             ) {
                 Ok(_) => ok += 1,
                 Err(err) => failed.push(format!("{err:#}")),
             }
         }
-        match get_through_entry(
-            entry_addr,
-            "/api/v1/namespaces/apps/services/echo:8080/proxy/rotation",
-        ) {
+        match get_through_entry(hosting, entry, &format!("{ECHO}/rotation")) {
             Ok((200, _)) => ok += 1,
             Ok((status, body)) => failed.push(format!("{status}: {body}")),
             Err(err) => failed.push(format!("{err:#}")),
@@ -438,170 +551,260 @@ fn end_to_end() -> anyhow::Result<()> {
         "   the token was replaced {} times; {ok} requests through the relays meanwhile, none failed",
         seen.len() - 1
     );
+    Ok(())
+}
 
-    println!("== 5. the add-on is deleted: the cleanup Job's command, then the manifests");
-    let (job, job_object) = workloads
+/// Memory of the agent process of the pod with `uid`, read from its cgroup
+/// on the node, in KiB.
+struct Memory {
+    /// Resident pages, the binary's shared with other pods of the image.
+    rss: u64,
+    /// Peak resident set (VmHWM).
+    peak: u64,
+    /// Proportional share: pages shared with N processes count 1/N.
+    pss: u64,
+    /// Resident pages of its own (heap, stacks), which every further pod adds.
+    anon: u64,
+}
+
+fn agent_memory(hosting: &Cluster, uid: &str) -> anyhow::Result<Memory> {
+    let dir = hosting
+        .pod_cgroup(uid)
+        .with_context(|| format!("no cgroup for pod {uid}"))?;
+    let mut pids = Vec::new();
+    collect_procs(&dir, &mut pids);
+    for pid in pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if !status.lines().any(|l| l == "Name:\tagent") {
+            continue; // the pause process
+        }
+        let rollup =
+            std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+        let field = |text: &str, name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+                .with_context(|| format!("{name} of process {pid}"))
+        };
+        return Ok(Memory {
+            rss: field(&status, "VmRSS:")?,
+            peak: field(&status, "VmHWM:")?,
+            pss: field(&rollup, "Pss:")?,
+            anon: field(&status, "RssAnon:")?,
+        });
+    }
+    bail!("no agent process in {}", dir.display())
+}
+
+fn collect_procs(dir: &std::path::Path, pids: &mut Vec<String>) {
+    if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        pids.extend(procs.lines().map(str::to_owned));
+    }
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.path().is_dir() {
+            collect_procs(&entry.path(), pids);
+        }
+    }
+}
+
+/// Step 5: RSS of every hosting-side pod idle, then peak RSS after a steady,
+/// bounded load through each relay (the apiserver relay, the entry, the
+/// read cache), from four clients at once.
+fn footprint(
+    hosting: &Cluster,
+    relay: SocketAddr,
+    entry: SocketAddr,
+    cache: SocketAddr,
+    read: &str,
+) -> anyhow::Result<()> {
+    let components = [
+        "provisioner",
+        "apiserver-relay",
+        "service-relay-entry",
+        "read-cache",
+    ];
+    let mut pods = Vec::new();
+    for component in components {
+        for (name, _, uid) in pods_of(hosting, component)? {
+            pods.push((component, name, uid));
+        }
+    }
+    let idle: Vec<Memory> = pods
         .iter()
-        .find(|(w, _)| w.id.starts_with("Job/"))
+        .map(|(_, _, uid)| agent_memory(hosting, uid))
+        .collect::<anyhow::Result<_>>()?;
+
+    const REQUESTS: usize = 250;
+    let started = Instant::now();
+    let failures = std::thread::scope(|s| {
+        let mut workers = Vec::new();
+        for client in 0..4 {
+            workers.push(s.spawn(move || -> usize {
+                let mut failed = 0;
+                for i in 0..REQUESTS {
+                    let result = match client {
+                        0 | 1 => get_through_entry(hosting, entry, &format!("{ECHO}/load/{i}")),
+                        2 => http_in(hosting, cache, read),
+                        // TLS through the apiserver relay: the apiserver's
+                        // answer to an anonymous /version.
+                        _ => tls_version_through(hosting, relay),
+                    };
+                    if !matches!(result, Ok((200, _))) {
+                        failed += 1;
+                    }
+                }
+                failed
+            }));
+        }
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("a load worker does not panic"))
+            .sum::<usize>()
+    });
+    let elapsed = started.elapsed();
+    anyhow::ensure!(failures == 0, "{failures} requests of the load failed");
+    println!(
+        "   {} requests in {:.1} s (4 clients: 2 via the entry, 1 via the read cache, 1 via the apiserver relay), none failed",
+        4 * REQUESTS,
+        elapsed.as_secs_f64()
+    );
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "   {:<20} {:>9} {:>9} {:>9} {:>15}",
+        "idle, hosting side", "RSS", "PSS", "own", "peak RSS (load)"
+    );
+    let (mut rss, mut pss, mut anon) = (0, 0, 0);
+    for ((component, _, uid), idle) in pods.iter().zip(&idle) {
+        let peak = agent_memory(hosting, uid)?.peak;
+        println!(
+            "   {component:<20} {:>5.1} MiB {:>5.1} MiB {:>5.1} MiB {:>11.1} MiB",
+            mib(idle.rss),
+            mib(idle.pss),
+            mib(idle.anon),
+            mib(peak)
+        );
+        rss += idle.rss;
+        pss += idle.pss;
+        anon += idle.anon;
+    }
+    println!(
+        "   {:<20} {:>5.1} MiB {:>5.1} MiB {:>5.1} MiB   (target: RSS under 32 MiB)",
+        "all of them",
+        mib(rss),
+        mib(pss),
+        mib(anon)
+    );
+    println!(
+        "   (RSS counts the image's binary in every pod; the node holds it once: PSS is the real total, 'own' what one more managed cluster adds)"
+    );
+    Ok(())
+}
+
+/// A TLS handshake through the apiserver relay and GET /version, by curl in
+/// the hosting cluster's network (the relay is TCP: TLS is the apiserver's).
+fn tls_version_through(hosting: &Cluster, relay: SocketAddr) -> anyhow::Result<(u16, String)> {
+    let out = hosting
+        .in_node("curl")
+        .args([
+            "-sk",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg(format!("https://{relay}/version"))
+        .output()?;
+    let code = String::from_utf8_lossy(&out.stdout).trim().parse::<u16>()?;
+    Ok((code, String::new()))
+}
+
+/// Step 6: the framework applies the pre-delete Job while everything else
+/// still runs, waits for it to complete, then removes the rest.
+fn uninstall(hosting: &Cluster, managed: &Cluster, objects: &[Rendered]) -> anyhow::Result<()> {
+    let job = objects
+        .iter()
+        .find(|o| o.kind() == "Job")
         .context("no cleanup Job rendered")?;
-    // The framework applies the pre-delete Job while everything else still
-    // runs, and removes the rest once it has completed.
-    chart::apply(hosting, &[job_object])?;
-    let cleanup = run(job, hosting, managed)?;
-    wait_until_sync("the cleanup Job's command to finish", DEADLINE, || {
-        cleanup.pod.log().contains("cleanup done")
+    chart::apply(hosting, &[job])?;
+    wait_until_sync("the cleanup Job to complete", DEADLINE, || {
+        hosting
+            .kubectl_ok(&[
+                "wait",
+                "-n",
+                HOSTING_NS,
+                &format!("job/{}", job.name()),
+                "--for=condition=Complete",
+                "--timeout=5s",
+            ])
+            .is_ok()
     })
-    .with_context(|| format!("cleanup log:\n{}", cleanup.pod.log()))?;
+    .with_context(|| {
+        hosting
+            .kubectl_ok(&["logs", "-n", HOSTING_NS, &format!("job/{}", job.name())])
+            .unwrap_or_default()
+    })?;
     // The provisioner still runs, but has stood down: it would otherwise
     // write everything again before its Deployment goes.
-    let (_, metrics) = http_get(provisioner.addr(ADMIN_PORT), "/metrics")?;
+    let leads = metric_sum(
+        hosting,
+        "provisioner",
+        "cluster_relay_leader_election_is_leader",
+        "",
+    )?;
     anyhow::ensure!(
-        metrics
-            .lines()
-            .any(|l| l == "cluster_relay_leader_election_is_leader 0"),
-        "the provisioner still leads after the cleanup:\n{metrics}"
+        leads == 0.0,
+        "the provisioner still leads after the cleanup"
     );
     anyhow::ensure!(
         provisioned(hosting).is_err(),
         "the managed kubeconfig Secret was written again"
     );
-    drop((cleanup, entry, exit, apiserver_relay, provisioner));
-    chart::delete(
-        hosting,
-        &objects
-            .iter()
-            .filter(|o| o.location == "hosting")
-            .collect::<Vec<_>>(),
-    )?;
-    chart::delete(managed, &placed("managed"))?;
+    let (hosting_objects, managed_objects): (Vec<&Rendered>, Vec<&Rendered>) =
+        objects.iter().partition(|o| o.location == "hosting");
+    chart::delete(hosting, &hosting_objects)?;
+    chart::delete(managed, &managed_objects)?;
     nothing_left(hosting, managed)?;
     println!(
-        "   the cleanup Job's command stopped the provisioner's writes and removed what it made; with the manifests gone, nothing of ours is left on either cluster"
+        "   the cleanup Job ran to Complete, stopped the provisioner's writes and removed what it made; with the manifests gone, the namespace controller removed {MANAGED_NS} and nothing of ours is left on either cluster"
     );
     Ok(())
 }
 
-/// Step 3, the read cache: skipped with the reason printed while the binary
-/// has no `read-cache` (unless [`READ_CACHE_REQUIRED`]).
-fn cached_reads(
-    workloads: &[(Workload, &Rendered)],
-    available: bool,
-    hosting: &ControlPlane,
-    managed: &ControlPlane,
-) -> anyhow::Result<()> {
-    if !available {
-        anyhow::ensure!(
-            !READ_CACHE_REQUIRED,
-            "READ_CACHE_REQUIRED but `agent read-cache --help` fails"
-        );
-        println!(
-            "   SKIPPED: `agent read-cache --help` fails: the read cache is not in this binary yet"
-        );
-        return Ok(());
-    }
-    let workload = workloads
-        .iter()
-        .map(|(w, _)| w)
-        .find(|w| w.subcommand() == "read-cache")
-        .context("no read-cache Deployment rendered")?;
-    let cache = run(workload, hosting, managed)?;
-    wait_ready(&cache, "the read cache")?;
-    // A reader on the managed cluster, with a token the cache authorizes.
-    managed.ensure_namespace("reads")?;
-    managed.kubectl_ok(&[
-        "create",
-        "configmap",
-        "cached",
-        "-n",
-        "reads",
-        "--from-literal=k=v",
-    ])?;
-    managed.kubectl_ok(&["create", "serviceaccount", "reader", "-n", "reads"])?;
-    managed.kubectl_ok(&[
-        "create",
-        "role",
-        "reader",
-        "-n",
-        "reads",
-        "--verb=get,list",
-        "--resource=configmaps",
-    ])?;
-    managed.kubectl_ok(&[
-        "create",
-        "rolebinding",
-        "reader",
-        "-n",
-        "reads",
-        "--role=reader",
-        "--serviceaccount=reads:reader",
-    ])?;
-    let token = managed.kubectl_ok(&["create", "token", "reader", "-n", "reads"])?;
-    let request = format!(
-        "GET /api/v1/namespaces/reads/configmaps/cached HTTP/1.1\r\nHost: cache\r\nConnection: close\r\nAuthorization: Bearer {}\r\n\r\n",
-        token.trim()
-    );
-    let addr = cache.addr(7445);
-    let mut bodies = Vec::new();
-    for _ in 0..2 {
-        let (status, body) = raw_http(addr, request.as_bytes())?;
-        anyhow::ensure!(status == 200, "{status}: {body}\nlog:\n{}", cache.pod.log());
-        bodies.push(body);
-    }
-    anyhow::ensure!(bodies[0] == bodies[1], "the cached read differs");
-    let (_, metrics) = http_get(cache.addr(ADMIN_PORT), "/metrics")?;
-    anyhow::ensure!(
-        metrics.lines().any(
-            |l| l.starts_with("cluster_relay_read_cache_requests_total{")
-                && l.contains(r#"cache="fresh_hit""#)
-                && !l.ends_with(" 0")
-        ),
-        "no cache hit counted:\n{metrics}"
-    );
-    // A caller without the right is refused, cached or not.
-    let (status, _) = raw_http(
-        addr,
-        request.replace(token.trim(), "not-a-token").as_bytes(),
-    )?;
-    anyhow::ensure!(
-        status == 401 || status == 403,
-        "an unauthorized read got {status}"
-    );
-    println!("   GET configmaps/cached via {addr} twice: 200, the second from the cache");
-    Ok(())
-}
-
-/// Nothing the chart or the provisioner made is left on either plane
-/// (namespaces aside: without a controller-manager they stay Terminating).
-fn nothing_left(hosting: &ControlPlane, managed: &ControlPlane) -> anyhow::Result<()> {
-    let kinds = "deployments,services,serviceaccounts,roles,rolebindings,secrets,leases,jobs";
-    let left = |plane: &ControlPlane, namespace: &str| -> anyhow::Result<Vec<String>> {
-        let out = plane.kubectl_ok(&["get", kinds, "-n", namespace, "-o", "name"])?;
-        Ok(out
+/// Nothing the chart or the provisioner made is left: no pod or object in
+/// the hosting namespace but the given Secret, no managed namespace, no
+/// cluster-wide RBAC of ours.
+fn nothing_left(hosting: &Cluster, managed: &Cluster) -> anyhow::Result<()> {
+    let kinds = "pods,deployments,replicasets,jobs,services,serviceaccounts,roles,rolebindings,secrets,leases,configmaps";
+    wait_for_sync("nothing of ours to be left", DEADLINE, || {
+        let out = hosting.kubectl_ok(&["get", kinds, "-n", HOSTING_NS, "-o", "name"])?;
+        let mut left: Vec<String> = out
             .lines()
-            .filter(|l| !l.ends_with("/default") && !l.ends_with("/external-managed-kubeconfig"))
+            .filter(|l| {
+                !l.ends_with("/default")
+                    && !l.ends_with("/external-managed-kubeconfig")
+                    && !l.ends_with("/kube-root-ca.crt")
+            })
             .map(str::to_owned)
-            .collect())
-    };
-    let cluster_wide = |plane: &ControlPlane| -> anyhow::Result<Vec<String>> {
-        let out = plane.kubectl_ok(&["get", "clusterroles,clusterrolebindings", "-o", "name"])?;
-        Ok(out
-            .lines()
-            .filter(|l| l.contains("cluster-relay"))
-            .map(str::to_owned)
-            .collect())
-    };
-    wait_for_sync(
-        "nothing of ours to be left",
-        Duration::from_secs(30),
-        || {
-            let mut all = left(hosting, HOSTING_NS)?;
-            all.extend(left(managed, MANAGED_NS)?);
-            all.extend(cluster_wide(managed)?);
-            if all.is_empty() {
-                Ok(())
-            } else {
-                bail!("left: {all:?}")
-            }
-        },
-    )
+            .collect();
+        let ns = managed.kubectl(&["get", "namespace", MANAGED_NS, "-o", "name"]);
+        if ns.status.success() {
+            left.push(format!("namespace/{MANAGED_NS} (still terminating)"));
+        }
+        for cluster in [hosting, managed] {
+            let out =
+                cluster.kubectl_ok(&["get", "clusterroles,clusterrolebindings", "-o", "name"])?;
+            left.extend(
+                out.lines()
+                    .filter(|l| l.contains("cluster-relay"))
+                    .map(|l| format!("{}: {l}", cluster.name())),
+            );
+        }
+        if left.is_empty() {
+            Ok(())
+        } else {
+            bail!("left: {left:?}")
+        }
+    })
 }

@@ -187,7 +187,13 @@ pub fn raw_http(addr: SocketAddr, request: &[u8]) -> anyhow::Result<(u16, String
     stream.write_all(request)?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
-    let response = String::from_utf8_lossy(&response).into_owned();
+    parse_response(&response)
+}
+
+/// The status and the body (de-chunked when chunked) of a whole HTTP/1.x
+/// response.
+pub fn parse_response(response: &[u8]) -> anyhow::Result<(u16, String)> {
+    let response = String::from_utf8_lossy(response).into_owned();
     let status = response
         .split_whitespace()
         .nth(1)

@@ -1,6 +1,7 @@
 //! Real control planes for integration tests: one etcd plus one
-//! kube-apiserver 1.20.2 per [`ControlPlane`], made by `hack/controlplane.sh`
-//! (the single source of truth for ports, certificates and flags) and run as
+//! kube-apiserver (the current release; 1.20.2 under `make test-oldest`) per
+//! [`ControlPlane`], made by `hack/controlplane.sh` (the single source of
+//! truth for ports, certificates and flags) and run as
 //! children of the test process, so a test can SIGKILL the apiserver and
 //! start it again on the same port with the same data.
 
@@ -28,6 +29,7 @@ pub struct ControlPlane {
     name: String,
     dir: PathBuf,
     port: u16,
+    server: String,
     etcd: Mutex<Option<Child>>,
     apiserver: Mutex<Option<Child>>,
 }
@@ -101,6 +103,7 @@ impl ControlPlane {
             name: name.to_owned(),
             dir,
             port,
+            server: format!("https://127.0.0.1:{port}"),
             etcd: Mutex::new(None),
             apiserver: Mutex::new(None),
         };
@@ -122,14 +125,29 @@ impl ControlPlane {
         &self.dir
     }
 
-    /// The apiserver's port on 127.0.0.1.
+    /// The control plane of a whole cluster that `hack/cluster.sh` runs
+    /// (see [`super::Cluster`]): its directory has the same `admin.kubeconfig`
+    /// and `ca.crt`; no process is this value's to kill.
+    pub(super) fn attached(name: &str, dir: PathBuf, server: String, port: u16) -> ControlPlane {
+        ControlPlane {
+            name: name.to_owned(),
+            dir,
+            port,
+            server,
+            etcd: Mutex::new(None),
+            apiserver: Mutex::new(None),
+        }
+    }
+
+    /// The apiserver's port (on 127.0.0.1 for a plain control plane).
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    /// The apiserver's URL, `https://127.0.0.1:PORT`.
+    /// The apiserver's URL, `https://127.0.0.1:PORT` for a plain control
+    /// plane, `https://NODE_IP:6443` for a cluster's.
     pub fn server(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        self.server.clone()
     }
 
     /// The admin kubeconfig (client certificate in `system:masters`).

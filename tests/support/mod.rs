@@ -1,9 +1,13 @@
 //! Support for the integration tests (each test file does `mod support;`):
-//! real control planes (etcd + kube-apiserver 1.20.2, see
+//! real control planes (etcd + kube-apiserver of the current release, or
+//! 1.20.2 with `make test-oldest`, see
 //! /work/shared/SUBSTRATE.md and `hack/controlplane.sh`), "pods" that a real
 //! apiserver proxies to (`hack/netns-pod.sh`), and bounded waits.
 //!
 //! - [`ControlPlane`] / [`shared`]: `controlplane.rs`
+//! - [`Cluster`] / [`shared_cluster`]: a whole cluster with a real node
+//!   (`hack/cluster.sh`: controller-manager, scheduler, containerd, kubelet,
+//!   kube-proxy), `cluster.rs`
 //! - [`NetnsPod`]: `netns_pod.rs`, its Kubernetes objects in `pod_objects.rs`,
 //!   the pod-to-host relay in `forward.rs`
 //! - [`EchoPod`], [`EchoServer`], [`WsClient`]: the echo upstream (`echo.py`)
@@ -32,6 +36,7 @@
 
 pub mod agent;
 pub mod chart;
+mod cluster;
 mod controlplane;
 pub mod echo;
 pub mod exit_wire;
@@ -47,6 +52,7 @@ pub mod scripted_upstream;
 pub mod tls;
 mod wait;
 
+pub use cluster::{Cluster, shared_cluster};
 pub use controlplane::{ControlPlane, shared};
 pub use echo::{EchoPod, EchoServer, WsClient};
 pub use netns_pod::{NetnsPod, host_network_state, pod_network_ports};

@@ -12,9 +12,12 @@
 //!   kills the remaining children, deletes the network namespaces and removes
 //!   the run directory; the values that own them are usually leaked statics
 //!   (shared control planes) whose `Drop` never runs.
+//! - Whole clusters (`hack/cluster.sh`, [`super::Cluster`]) run detached,
+//!   in a cgroup of their own; the hook and the sweep take them down with
+//!   `hack/cluster.sh down`, which kills whatever is in that cgroup.
 //! - A run killed before its hook ran leaves its directory behind, with the
-//!   names of its network namespaces under `netns/`; the next run sweeps
-//!   every directory whose process is gone.
+//!   names of its network namespaces under `netns/` and its clusters under
+//!   `clusters/`; the next run sweeps every directory whose process is gone.
 
 use std::collections::HashSet;
 use std::os::unix::process::CommandExt as _;
@@ -31,6 +34,7 @@ const RUNS_ROOT: &str = "/tmp/cluster-relay-tests";
 struct Live {
     pids: HashSet<i32>,
     netns: HashSet<String>,
+    clusters: HashSet<PathBuf>,
 }
 
 fn live() -> MutexGuard<'static, Live> {
@@ -86,6 +90,11 @@ fn sweep_dead_runs() {
         if start_time(pid).as_deref() == Some(st) {
             continue; // a run in progress, maybe another test binary
         }
+        if let Ok(clusters) = std::fs::read_dir(entry.path().join("clusters")) {
+            for cluster in clusters.flatten() {
+                down_cluster(&cluster.path());
+            }
+        }
         if let Ok(netns) = std::fs::read_dir(entry.path().join("netns")) {
             for ns in netns.flatten() {
                 delete_netns(&ns.file_name().to_string_lossy());
@@ -99,13 +108,17 @@ extern "C" fn cleanup_at_exit() {
     // Unwinding out of an extern "C" function aborts; a failed cleanup must
     // not turn a test run into a crash.
     let _ = std::panic::catch_unwind(|| {
-        let (pids, netns) = {
+        let (pids, netns, clusters) = {
             let mut live = live();
             (
                 std::mem::take(&mut live.pids),
                 std::mem::take(&mut live.netns),
+                std::mem::take(&mut live.clusters),
             )
         };
+        for dir in &clusters {
+            down_cluster(dir);
+        }
         for &pid in &pids {
             // SAFETY: plain syscalls on pids this process spawned and has not
             // reaped (reaping removes them from the set).
@@ -192,6 +205,36 @@ pub fn track_netns(name: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(&marker).with_context(|| format!("creating {}", marker.display()))?;
     live().netns.insert(name.to_owned());
     Ok(())
+}
+
+/// Records a cluster's directory (`hack/cluster.sh`) before it is made, so
+/// that it is taken down at exit, or by the next run's sweep if this one is
+/// killed.
+pub fn track_cluster(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    live().clusters.insert(dir.to_owned());
+    Ok(())
+}
+
+/// Stops everything of a cluster made by `hack/cluster.sh` and removes its
+/// directory; forgets it.
+pub fn down_cluster(dir: &Path) {
+    match Command::new(repo_path("hack/cluster.sh"))
+        .arg("down")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => eprintln!(
+            "support: taking down cluster {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(err) => eprintln!("support: taking down cluster {}: {err}", dir.display()),
+    }
+    live().clusters.remove(dir);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Deletes a network namespace made by `hack/netns-pod.sh` (its processes,
