@@ -47,9 +47,9 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
-/// Starts the forwarder with `rules` (YAML) and token auth unless `extra`
-/// brings app flags.
-fn spawn(dir: &Path, forge: &HookForge, rules: &str, extra: &[&str]) -> Agent {
+/// The forwarder's command line with `rules` (YAML) and token auth unless
+/// `extra` brings app flags.
+fn forwarder_args(dir: &Path, forge: &HookForge, rules: &str, extra: &[&str]) -> Vec<String> {
     let config = dir.join("rules.yaml");
     std::fs::write(&config, rules).expect("the rules file");
     let (secret, token, cursor) = (
@@ -82,7 +82,40 @@ fn spawn(dir: &Path, forge: &HookForge, rules: &str, extra: &[&str]) -> Agent {
         args.extend(["--cursor-file", path(&cursor)]);
     }
     args.extend_from_slice(extra);
+    args.into_iter().map(str::to_owned).collect()
+}
+
+/// Starts the forwarder (see [`forwarder_args`]).
+fn spawn(dir: &Path, forge: &HookForge, rules: &str, extra: &[&str]) -> Agent {
+    let args = forwarder_args(dir, forge, rules, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Agent::spawn(&args, &[]).expect("the forwarder starts")
+}
+
+/// Runs `agent delivery-forwarder --replay-dead-letters` with the
+/// forwarder's flags to its end: (success, stdout, stderr).
+async fn replay(
+    dir: &Path,
+    forge: &HookForge,
+    rules: &str,
+    extra: &[&str],
+) -> (bool, String, String) {
+    let mut args = forwarder_args(dir, forge, rules, extra);
+    args.push("--replay-dead-letters".into());
+    tokio::task::spawn_blocking(move || {
+        let output = Command::new(support::agent::agent_bin())
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("agent runs");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    })
+    .await
+    .expect("the replay ran")
 }
 
 async fn ready(agent: &Agent) {
@@ -306,45 +339,184 @@ fn bad_rules_exit_naming_the_flag_rule_and_field() {
     );
 }
 
-/// 2b. A target that stays down: after --max-attempts each delivery is
-/// dead-lettered (recorded with the cursor, counted), not silently lost.
+/// 2b. The case: the target answers 503 for longer than the old
+/// `--max-attempts 10` polls allowed. Nothing is dead-lettered; every
+/// attempt meanwhile is at the oldest delivery (nothing overtakes it), and
+/// once the target is back everything arrives once, in order.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_delivery_that_keeps_failing_is_dead_lettered_and_counted() {
+async fn a_target_down_longer_than_max_attempts_polls_loses_nothing_and_keeps_order() {
     let forge = HookForge::start(ForgeConfig::default()).await;
-    let hook = forge.add_hook("repos/octo/dead", "https://relay.invalid/hook");
-    let dir = workdir("dead");
-    let target = format!("http://127.0.0.1:{}/hook", free_port());
+    let hook = forge.add_hook("repos/octo/outage", "https://relay.invalid/hook");
+    let dir = workdir("outage");
+    let sink = Sink::start().await;
+    sink.answer_with(|_| 503);
     let forwarder = spawn(
         &dir,
         &forge,
-        &rules("octo/dead", &format!("{{id: {hook}}}"), &target),
-        &["--max-attempts", "2"],
+        &rules("octo/outage", &format!("{{id: {hook}}}"), &sink.url()),
+        &[
+            "--retry-initial-backoff",
+            "20ms",
+            "--retry-max-backoff",
+            "100ms",
+        ],
     );
     ready(&forwarder).await;
-    let guids: Vec<String> = (0..2)
+    let guids: Vec<String> = (0..5)
         .map(|n| forge.deliver(hook, "push", json!({"n": n})).1)
         .collect();
-    wait_until("two dead letters", DEADLINE, || async {
-        metric(&forwarder, "dead_lettered") >= 2.0
+    wait_until("25 refused attempts", DEADLINE, || async {
+        sink.refused().len() >= 25
+    })
+    .await
+    .unwrap_or_else(|err| panic!("{err:#}\n{}", forwarder.logs()));
+    assert!(
+        sink.refused().iter().all(|id| *id == guids[0]),
+        "only the oldest is tried while it fails: {:?}",
+        sink.refused()
+    );
+    assert_eq!(metric(&forwarder, "dead_lettered"), 0.0);
+    assert!(metric(&forwarder, "failed") >= 25.0);
+
+    sink.take_all();
+    wait_count(&sink, 5, &forwarder).await;
+    assert_eq!(sink.ids(), guids, "each once, oldest first");
+    assert_eq!(metric(&forwarder, "dead_lettered"), 0.0);
+    assert_eq!(metric(&forwarder, "forwarded"), 5.0);
+}
+
+/// 2c. A transient refusal that lasts past --retry-max-age (from when the
+/// forge recorded the delivery) dead-letters it, naming the flag; what
+/// comes after it then flows.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_still_refused_at_its_max_age_is_dead_lettered() {
+    let forge = HookForge::start(ForgeConfig::default()).await;
+    let hook = forge.add_hook("repos/octo/aged", "https://relay.invalid/hook");
+    let dir = workdir("aged");
+    let sink = Sink::start().await;
+    sink.answer_with(|_| 502);
+    let forwarder = spawn(
+        &dir,
+        &forge,
+        &rules("octo/aged", &format!("{{id: {hook}}}"), &sink.url()),
+        &["--retry-max-age", "2s", "--retry-initial-backoff", "100ms"],
+    );
+    ready(&forwarder).await;
+    let (_, old) = forge.deliver(hook, "push", json!({"n": 0}));
+    wait_until("a dead letter", DEADLINE, || async {
+        metric(&forwarder, "dead_lettered") >= 1.0
     })
     .await
     .unwrap_or_else(|err| panic!("{err:#}\n{}", forwarder.logs()));
     let cursor = cursor_file(&dir);
-    let letters: Vec<&str> = cursor["dead_letters"]
-        .as_array()
-        .expect("dead letters")
-        .iter()
-        .map(|l| l["guid"].as_str().expect("a guid"))
+    assert_eq!(cursor["dead_letters"][0]["guid"], old.as_str());
+    let reason = cursor["dead_letters"][0]["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("--retry-max-age 2s") && reason.contains("502"),
+        "{reason}"
+    );
+    assert!(sink.refused().len() >= 2, "retried before giving up");
+
+    sink.take_all();
+    let (_, next) = forge.deliver(hook, "push", json!({"n": 1}));
+    sink.wait_for_id(&next, DEADLINE)
+        .await
+        .unwrap_or_else(|err| panic!("{err:#}\n{}", forwarder.logs()));
+    assert_eq!(sink.ids(), [next]);
+}
+
+/// 2d. A permanent refusal (422) dead-letters at once, without a retry,
+/// and the deliveries behind it flow; `/readyz` and a gauge show it
+/// waiting. `--replay-dead-letters` sends it once the target takes it,
+/// and only once: a second replay, and a redelivery of the same GUID
+/// afterwards, send nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_permanent_refusal_dead_letters_and_a_replay_delivers_it_once() {
+    let forge = HookForge::start(ForgeConfig::default()).await;
+    let hook = forge.add_hook("repos/octo/perm", "https://relay.invalid/hook");
+    let dir = workdir("perm");
+    let sink = Sink::start().await;
+    let rules = rules("octo/perm", &format!("{{id: {hook}}}"), &sink.url());
+    let mut forwarder = spawn(&dir, &forge, &rules, &[]);
+    ready(&forwarder).await;
+    let sent: Vec<(u64, String)> = (0..3)
+        .map(|n| forge.deliver(hook, "push", json!({"n": n})))
         .collect();
-    assert_eq!(letters, guids);
-    assert_eq!(cursor["dead_lettered_total"], 2);
+    let refused = sent[1].1.clone();
+    sink.answer_with(move |got| {
+        if got.header("x-github-delivery") == refused {
+            422
+        } else {
+            200
+        }
+    });
+    wait_count(&sink, 2, &forwarder).await;
+    assert_eq!(sink.ids(), [sent[0].1.clone(), sent[2].1.clone()]);
+    assert_eq!(sink.refused(), [sent[1].1.clone()], "no retry of a 422");
+    assert_eq!(metric(&forwarder, "dead_lettered"), 1.0);
+    let gauge =
+        format!("cluster_relay_delivery_forwarder_dead_letters{{hook=\"octo/perm#{hook}\"}}");
+    assert_eq!(forwarder.metric(&gauge), 1.0);
+    let (status, body) = forwarder.admin_get("/readyz").expect("an answer");
+    assert_eq!(status, 200, "a dead letter does not make it unready");
+    assert!(body.contains("[+]dead-letters: 1 waiting"), "{body}");
+    let cursor = cursor_file(&dir);
     assert!(
         cursor["dead_letters"][0]["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("2 attempts")),
+            .is_some_and(|r| r.contains("refused for good") && r.contains("422")),
         "{cursor}"
     );
-    assert_eq!(metric(&forwarder, "failed"), 2.0, "one retry each");
+
+    // Without --leader-elect the replay is run with the forwarder stopped.
+    forwarder.signal(libc::SIGTERM);
+    forwarder.wait_exit(DEADLINE).expect("stops");
+    sink.take_all();
+    let (ok, stdout, stderr) = replay(&dir, &forge, &rules, &[]).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("1 replayed") && stdout.contains("0 left"),
+        "{stdout}"
+    );
+    let wanted = [sent[0].1.clone(), sent[2].1.clone(), sent[1].1.clone()];
+    assert_eq!(sink.ids(), wanted);
+    assert_eq!(cursor_file(&dir)["dead_letters"], json!([]));
+    let (ok, stdout, stderr) = replay(&dir, &forge, &rules, &[]).await;
+    assert!(ok && stdout.contains("0 replayed"), "{stdout}\n{stderr}");
+    assert_eq!(sink.ids(), wanted, "a second replay sends nothing");
+
+    // A redelivery of the replayed GUID is a duplicate.
+    forge.redeliver(hook, sent[1].0);
+    let forwarder = spawn(&dir, &forge, &rules, &[]);
+    ready(&forwarder).await;
+    let (_, marker) = forge.deliver(hook, "ping", json!({}));
+    sink.wait_for_id(&marker, DEADLINE)
+        .await
+        .unwrap_or_else(|err| panic!("{err:#}\n{}", forwarder.logs()));
+    let mut wanted = wanted.to_vec();
+    wanted.push(marker);
+    assert_eq!(sink.ids(), wanted);
+    assert_eq!(metric(&forwarder, "duplicate"), 1.0);
+    assert_eq!(forwarder.metric(&gauge), 0.0);
+}
+
+/// 2e. Flags that were removed stop the start with what replaced them.
+#[test]
+fn removed_flags_exit_naming_their_replacement() {
+    let dir = workdir("removed");
+    for (flag, replacement) in [
+        ("--max-attempts=10", "--retry-max-age"),
+        ("--dedup-size=100", "--dedup-window"),
+    ] {
+        let (status, stderr) = support::agent::run_to_exit(&[
+            "delivery-forwarder",
+            "--config",
+            path(&dir.join("rules.yaml")),
+            flag,
+        ]);
+        assert!(!status.success());
+        assert!(stderr.contains(replacement), "{flag}: {stderr}");
+    }
 }
 
 /// 3. `kill -9` mid-batch, cursor in a ConfigMap on a real apiserver:
@@ -422,6 +594,94 @@ async fn kill_9_mid_batch_loses_nothing_and_repeats_at_most_the_in_flight_one() 
         cursor["seen"].as_array().and_then(|s| s.last()),
         Some(&Value::String(guids[39].clone()))
     );
+}
+
+/// 3b. Two replicas with `--leader-elect` (a Lease and the cursor
+/// ConfigMap on a real kube-apiserver): only the leader forwards; `kill -9`
+/// it mid-batch and the other takes over. Every delivery arrives, first
+/// arrivals in order, and at most the one in flight at the kill twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_one_killed_forward_every_delivery_once() {
+    let plane = shared("hosting");
+    let kubeconfig = plane.kubeconfig_path();
+    let forge = HookForge::start(ForgeConfig::default()).await;
+    let hook = forge.add_hook("repos/octo/pair", "https://relay.invalid/hook");
+    let sink = Sink::start().await;
+    let rules = rules("octo/pair", &format!("{{id: {hook}}}"), &sink.url());
+    let flags = [
+        "--per-page",
+        "7",
+        "--cursor-configmap",
+        "default/delivery-forwarder-pair",
+        "--kubeconfig",
+        path(&kubeconfig),
+        "--leader-elect",
+        "--leader-election-lease-name",
+        "delivery-forwarder-pair",
+        "--leader-election-lease-duration",
+        "3s",
+        "--leader-election-renew-deadline",
+        "2s",
+        "--leader-election-retry-period",
+        "250ms",
+    ];
+    let mut replicas = vec![
+        spawn(&workdir("pair-a"), &forge, &rules, &flags),
+        spawn(&workdir("pair-b"), &forge, &rules, &flags),
+    ];
+    for replica in &replicas {
+        ready(replica).await;
+    }
+    let is_leader = |agent: &Agent| agent.metric("cluster_relay_leader_election_is_leader") == 1.0;
+    wait_until("a leader", DEADLINE, || async {
+        replicas.iter().filter(|r| is_leader(r)).count() == 1
+    })
+    .await
+    .expect("one replica leads");
+    let leader = replicas.iter().position(is_leader).expect("a leader");
+    let follower = 1 - leader;
+    let (_, base) = forge.deliver(hook, "ping", json!({}));
+    sink.wait_for_id(&base, DEADLINE)
+        .await
+        .unwrap_or_else(|err| panic!("{err:#}\n{}", replicas[leader].logs()));
+    let guids: Vec<String> = (0..40)
+        .map(|n| forge.deliver(hook, "push", json!({"n": n})).1)
+        .collect();
+    wait_count(&sink, 9, &replicas[leader]).await;
+    assert_eq!(
+        metric(&replicas[follower], "forwarded"),
+        0.0,
+        "the follower forwards nothing while the leader lives"
+    );
+    replicas[leader].signal(libc::SIGKILL);
+    replicas[leader].wait_exit(DEADLINE).expect("killed");
+    let before_takeover: Vec<String> = sink.ids().into_iter().skip(1).collect();
+    assert!(before_takeover.len() < guids.len(), "killed mid-batch");
+
+    let survivor = &replicas[follower];
+    wait_until("every delivery after the takeover", DEADLINE, || async {
+        guids.iter().all(|g| sink.ids().contains(g))
+    })
+    .await
+    .unwrap_or_else(|err| panic!("{err:#}\n{}", survivor.logs()));
+    assert!(is_leader(survivor));
+    let ids: Vec<String> = sink.ids().into_iter().skip(1).collect();
+    let mut first: Vec<String> = Vec::new();
+    for id in &ids {
+        if !first.contains(id) {
+            first.push(id.clone());
+        }
+    }
+    assert_eq!(first, guids, "every delivery, in order");
+    let repeated = ids.len() - guids.len();
+    assert!(repeated <= 1, "{repeated} repeated: {ids:?}");
+    if repeated == 1 {
+        assert_eq!(
+            ids[before_takeover.len()],
+            *before_takeover.last().expect("some arrived"),
+            "only the delivery in flight at the kill is repeated"
+        );
+    }
 }
 
 /// 4. A small budget: once the forge says it is spent the forwarder sends
