@@ -590,8 +590,12 @@ async fn kill_9_mid_batch_loses_nothing_and_repeats_at_most_the_in_flight_one() 
     let cursor: Value =
         serde_json::from_str(stored["data"][&key].as_str().expect("the hook's cursor"))
             .expect("a cursor");
+    // `seen` holds [guid, forwarded at] pairs, oldest first.
     assert_eq!(
-        cursor["seen"].as_array().and_then(|s| s.last()),
+        cursor["seen"]
+            .as_array()
+            .and_then(|s| s.last())
+            .map(|e| &e[0]),
         Some(&Value::String(guids[39].clone()))
     );
 }
