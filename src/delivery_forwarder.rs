@@ -41,7 +41,12 @@ pub const LEASE_NAME: &str = "cluster-relay-delivery-forwarder";
 
 /// Flags of `agent delivery-forwarder`.
 #[derive(Debug, Clone, clap::Args)]
-#[command(mut_arg("leader_election_lease_name", |arg| arg.default_value(LEASE_NAME)))]
+#[command(
+    mut_arg("leader_election_lease_name", |arg| arg.default_value(LEASE_NAME)),
+    mut_arg("leader_election_namespace", |arg| arg.long_help(
+        "Namespace of that Lease (default: the --cursor-configmap's, else $POD_NAMESPACE)."
+    ))
+)]
 pub struct Args {
     /// Rules file (YAML or JSON): `rules: [{repositories: [OWNER/REPO],
     /// organizations: [ORG], hook: {id: N} | {url: URL, create: BOOL,

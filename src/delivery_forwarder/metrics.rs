@@ -49,7 +49,7 @@ impl ForwarderMetrics {
                 IntCounterVec::new(
                     Opts::new(
                         "cluster_relay_delivery_forwarder_deliveries_total",
-                        "Deliveries by result (forwarded, duplicate, failed: an attempt that will be retried, dead_lettered).",
+                        "Deliveries by result (forwarded, duplicate, failed: an attempt that will be retried, dead_lettered, replayed: a dead letter sent again).",
                     ),
                     &["result"],
                 )
