@@ -15,11 +15,9 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use tokio::time::Instant;
-
 use futures::{StreamExt as _, stream};
 use http::Uri;
-use tokio::sync::Semaphore;
+use tokio::{sync::Semaphore, time::Instant};
 
 use super::{
     config::Source,
