@@ -357,3 +357,63 @@ async fn replay_all(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(flags: &[&str]) -> Args {
+        Cli::try_parse_from(["agent", "--config", "r.yaml"].iter().chain(flags))
+            .expect("the flags parse")
+            .args
+    }
+
+    #[test]
+    fn the_forwarder_has_its_own_lease_in_its_cursors_namespace() {
+        let args = parse(&["--leader-elect", "--cursor-configmap", "relay/cursors"]);
+        let config = args
+            .leader
+            .config(&lease_namespace(&args))
+            .expect("valid")
+            .expect("on");
+        assert_eq!(config.lease_name, "cluster-relay-delivery-forwarder");
+        assert_eq!(config.namespace, "relay");
+    }
+
+    #[test]
+    fn the_defaults_retry_for_a_day_and_remember_for_three() {
+        let settings = settings(&parse(&[])).expect("the defaults are valid");
+        assert_eq!(settings.retry.max_age, Duration::from_secs(24 * 3600));
+        assert_eq!(settings.dedup.window, Duration::from_secs(72 * 3600));
+        assert!(settings.retry.initial < settings.retry.max);
+    }
+
+    #[test]
+    fn bad_settings_and_removed_flags_name_the_flag() {
+        for (flags, says) in [
+            (&["--retry-max-age", "0s"][..], "--retry-max-age"),
+            (&["--dedup-window", "0s"], "--dedup-window"),
+            (&["--dedup-max-entries", "0"], "--dedup-max-entries"),
+            (
+                &["--retry-initial-backoff", "2m", "--retry-max-backoff", "1m"],
+                "--retry-max-backoff",
+            ),
+        ] {
+            let err = settings(&parse(flags)).expect_err("refused").to_string();
+            assert!(err.contains(says), "{flags:?}: {err}");
+        }
+        let err = refuse_removed(&parse(&["--max-attempts", "3"]))
+            .expect_err("removed")
+            .to_string();
+        assert!(err.contains("--retry-max-age"), "{err}");
+        assert!(refuse_removed(&parse(&[])).is_ok());
+    }
+}
