@@ -121,9 +121,15 @@ pub enum Command {
     /// conditional (ETag; a 304 costs no rate limit) and wait out
     /// X-RateLimit-Reset, Retry-After and secondary limits. Each hook's
     /// cursor (--cursor-configmap or --cursor-file) moves only past
-    /// deliveries that were forwarded, or dead-lettered after
-    /// --max-attempts; a GUID is forwarded once. A first start begins at
-    /// the newest delivery, or --backfill back.
+    /// deliveries that were forwarded or dead-lettered; a GUID is
+    /// forwarded once within --dedup-window. A delivery the target refuses
+    /// for now (no connection, timeout, 5xx, 408, 429) is retried with
+    /// backoff and jitter, nothing behind it overtaking it, until
+    /// --retry-max-age after the forge recorded it; that, or another 4xx,
+    /// dead-letters it, and --replay-dead-letters sends the dead letters
+    /// again. A first start begins at the newest delivery, or --backfill
+    /// back. With --leader-elect, of several replicas only the holder of
+    /// a Lease forwards.
     DeliveryForwarder(delivery_forwarder::Args),
 }
 

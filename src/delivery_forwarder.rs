@@ -4,47 +4,49 @@
 //! ([`auth`]), and replays each unseen delivery, oldest first, into the
 //! private network with its event headers and a fresh signature
 //! ([`forward`]). Each hook's cursor ([`cursor`]) is persisted and moves
-//! only past deliveries that were forwarded or dead-lettered ([`poll`]);
-//! every request waits out the forge's rate limits ([`rate`]);
-//! which hooks and targets comes from a rules file ([`config`]).
+//! only past deliveries that were forwarded or dead-lettered ([`poll`]); a
+//! refused forward is retried by time, not by count ([`retry`]), and dead
+//! letters wait for `--replay-dead-letters` ([`replay`]); every request
+//! waits out the forge's rate limits ([`rate`]); which hooks and targets
+//! comes from a rules file ([`config`]). With `--leader-elect`, of several
+//! replicas only the holder of a Lease polls and forwards ([`leading`]).
 
 pub mod auth;
 pub mod config;
 pub mod cursor;
 pub mod forward;
 pub mod github;
+mod leading;
 mod metrics;
 pub mod poll;
 mod rate;
+pub mod replay;
+pub mod retry;
+mod setup;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
-use prometheus::Registry as MetricsRegistry;
-use secrecy::SecretString;
-use tokio::sync::Semaphore;
-
-use self::{
-    auth::{App, Credentials},
-    config::{HookRef, Rule},
-    cursor::Store,
-    forward::Sender,
-    github::Api,
-    metrics::ForwarderMetrics,
-    poll::{HookJob, HookLoop, Settings, Shared},
-};
+pub use self::leading::run;
 use crate::{
-    admin::{AdminArgs, AdminState, Readiness},
-    kube_client::KubeArgs,
-    read_cache::parse_bytes,
-    shutdown::{Shutdown, ShutdownArgs},
-    webhook_fanout::{SECRET_ENV, read_secret, roots},
+    admin::AdminArgs, kube_client::KubeArgs, leader::LeaderArgs, read_cache::parse_bytes,
+    shutdown::ShutdownArgs,
 };
 
 /// The environment variable that may hold the API token itself.
 pub const TOKEN_ENV: &str = "CLUSTER_RELAY_GITHUB_TOKEN";
 
+/// The Lease the forwarder's replicas compete for, unless
+/// --leader-election-lease-name names another.
+pub const LEASE_NAME: &str = "cluster-relay-delivery-forwarder";
+
 /// Flags of `agent delivery-forwarder`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(
+    mut_arg("leader_election_lease_name", |arg| arg.default_value(LEASE_NAME)),
+    mut_arg("leader_election_namespace", |arg| arg.long_help(
+        "Namespace of that Lease (default: the --cursor-configmap's, else $POD_NAMESPACE)."
+    ))
+)]
 pub struct Args {
     /// Rules file (YAML or JSON): `rules: [{repositories: [OWNER/REPO],
     /// organizations: [ORG], hook: {id: N} | {url: URL, create: BOOL,
@@ -122,24 +124,63 @@ pub struct Args {
     #[arg(long, env = "CLUSTER_RELAY_PER_PAGE", default_value_t = 100, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub per_page: u8,
 
-    /// Attempts at forwarding one delivery before it is dead-lettered
-    /// (recorded with the cursor, logged and counted) and skipped.
-    #[arg(long, env = "CLUSTER_RELAY_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_attempts: u32,
+    /// First pause before a delivery the target refused for now (no
+    /// connection, no answer in time, 5xx, 408, 429) is sent again; it
+    /// doubles per attempt, with jitter, up to --retry-max-backoff. Nothing
+    /// behind it is sent meanwhile, so order is kept.
+    #[arg(long, env = "CLUSTER_RELAY_RETRY_INITIAL_BACKOFF", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub retry_initial_backoff: Duration,
+
+    /// Longest pause between attempts at one delivery.
+    #[arg(long, env = "CLUSTER_RELAY_RETRY_MAX_BACKOFF", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub retry_max_backoff: Duration,
+
+    /// Dead-letter a delivery the target keeps refusing for now once it is
+    /// this old, counted from when the forge recorded it (another 4xx is
+    /// dead-lettered at once). The default leaves two of the three days
+    /// github.com keeps deliveries (GitHub Enterprise Server: seven) for
+    /// --replay-dead-letters, which fetches them from the forge again.
+    #[arg(long, env = "CLUSTER_RELAY_RETRY_MAX_AGE", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub retry_max_age: Duration,
 
     /// On first start, also forward deliveries this far back. Default:
     /// start at the newest delivery.
     #[arg(long, env = "CLUSTER_RELAY_BACKFILL", value_parser = humantime::parse_duration)]
     pub backfill: Option<Duration>,
 
-    /// GUIDs remembered per hook, so a redelivery of a forwarded delivery
-    /// is not forwarded again.
-    #[arg(long, env = "CLUSTER_RELAY_DEDUP_SIZE", default_value_t = 1_000)]
-    pub dedup_size: usize,
+    /// How long a forwarded GUID is remembered per hook, so a redelivery of
+    /// it (the forge's redeliver, within its retention) is not forwarded
+    /// again, nor replayed from a dead letter.
+    #[arg(long, env = "CLUSTER_RELAY_DEDUP_WINDOW", default_value = "72h", value_parser = humantime::parse_duration)]
+    pub dedup_window: Duration,
 
-    /// Dead letters kept per hook (the count is kept in full).
-    #[arg(long, env = "CLUSTER_RELAY_MAX_DEAD_LETTERS", default_value_t = 100)]
+    /// Most GUIDs remembered per hook (about 55 bytes each in the cursor);
+    /// past it the oldest are forgotten before --dedup-window ends (counted
+    /// in cluster_relay_delivery_forwarder_dedup_evicted_total).
+    #[arg(long, env = "CLUSTER_RELAY_DEDUP_MAX_ENTRIES", default_value_t = 2_000)]
+    pub dedup_max_entries: usize,
+
+    /// Dead letters kept per hook for --replay-dead-letters (about 250
+    /// bytes each in the cursor). Past it the oldest is dropped for good,
+    /// logged and counted (..._dead_letters_dropped_total).
+    #[arg(long, env = "CLUSTER_RELAY_MAX_DEAD_LETTERS", default_value_t = 500)]
     pub max_dead_letters: usize,
+
+    /// Instead of forwarding: send every hook's dead letters again, oldest
+    /// first, once per GUID, removing each that lands, then exit (non-zero
+    /// if some are left). Give it the forwarder's flags. With --leader-elect
+    /// it takes the forwarders' Lease while it runs; without, stop the
+    /// forwarder first: both would write the cursors.
+    #[arg(long, env = "CLUSTER_RELAY_REPLAY_DEAD_LETTERS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub replay_dead_letters: bool,
+
+    /// Removed: failed forwards are retried until --retry-max-age.
+    #[arg(long, env = "CLUSTER_RELAY_MAX_ATTEMPTS", hide = true)]
+    pub max_attempts: Option<String>,
+
+    /// Removed: the dedup window is --dedup-window (a time span).
+    #[arg(long, env = "CLUSTER_RELAY_DEDUP_SIZE", hide = true)]
+    pub dedup_size: Option<String>,
 
     /// Most deliveries queued above one hook's cursor; a poll that finds
     /// more fails loudly rather than hold them all.
@@ -175,239 +216,8 @@ pub struct Args {
     pub kube: KubeArgs,
 
     #[command(flatten)]
+    pub leader: LeaderArgs,
+
+    #[command(flatten)]
     pub shutdown: ShutdownArgs,
-}
-
-fn credentials(args: &Args) -> anyhow::Result<Credentials> {
-    match (&args.app_id, &args.app_private_key_file, &args.token_file) {
-        (Some(_), _, Some(_)) => anyhow::bail!("--app-id and --token-file exclude each other"),
-        (Some(app_id), Some(key), None) => {
-            let pem = std::fs::read(key).map_err(|err| {
-                anyhow::anyhow!("--app-private-key-file {}: {err}", key.display())
-            })?;
-            let app = App::new(
-                app_id.clone(),
-                &pem,
-                args.installation_id,
-                args.token_refresh_before,
-            )
-            .map_err(|err| anyhow::anyhow!("--app-private-key-file {}: {err}", key.display()))?;
-            Ok(Credentials::App(Box::new(app)))
-        }
-        (Some(_), None, _) => anyhow::bail!("--app-id needs --app-private-key-file"),
-        (None, Some(_), _) => anyhow::bail!("--app-private-key-file needs --app-id"),
-        (None, None, Some(path)) => {
-            let token = String::from_utf8(read_secret(path, "--token-file")?)
-                .map_err(|_| anyhow::anyhow!("--token-file: not UTF-8"))?;
-            Ok(Credentials::Token(SecretString::from(token)))
-        }
-        (None, None, None) => match std::env::var(TOKEN_ENV) {
-            Ok(token) if !token.is_empty() => Ok(Credentials::Token(SecretString::from(token))),
-            _ => anyhow::bail!(
-                "credentials are required: --app-id with --app-private-key-file, --token-file, or {TOKEN_ENV}"
-            ),
-        },
-    }
-}
-
-async fn store(args: &Args) -> anyhow::Result<Store> {
-    match (&args.cursor_configmap, &args.cursor_file) {
-        (Some(_), Some(_)) => {
-            anyhow::bail!("--cursor-configmap and --cursor-file exclude each other")
-        }
-        (None, None) => {
-            anyhow::bail!("a cursor store is required: --cursor-configmap or --cursor-file")
-        }
-        (None, Some(path)) => Store::file(path.clone())
-            .await
-            .map_err(|err| anyhow::anyhow!("--cursor-file: {err}")),
-        (Some(name), None) => {
-            let (namespace, name) = name
-                .split_once('/')
-                .filter(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains('/'))
-                .ok_or_else(|| {
-                    anyhow::anyhow!("--cursor-configmap {name:?}: not NAMESPACE/NAME")
-                })?;
-            Store::config_map(args.kube.client().await?, namespace, name, args.api_timeout)
-                .await
-                .map_err(|err| anyhow::anyhow!("--cursor-configmap: {err}"))
-        }
-    }
-}
-
-/// Finds (or creates) each rule's hook on each of its sources.
-async fn resolve(api: &Api, rules: &[Rule]) -> anyhow::Result<Vec<HookJob>> {
-    let mut jobs: Vec<HookJob> = Vec::new();
-    for rule in rules {
-        for source in &rule.sources {
-            let hook_id = match &rule.hook {
-                HookRef::Id(id) => {
-                    api.hook(source, *id)
-                        .await?
-                        .ok_or_else(|| anyhow::anyhow!("{source}: no hook {id}"))?
-                        .id
-                }
-                HookRef::Url {
-                    url,
-                    create,
-                    events,
-                } => {
-                    let hooks = api.hooks(source).await?;
-                    match hooks.iter().find(|h| h.config.url.as_deref() == Some(url)) {
-                        Some(hook) => hook.id,
-                        None if *create => {
-                            let hook = api.create_hook(source, url, events).await?;
-                            tracing::info!(%source, hook = hook.id, %url, "hook created");
-                            hook.id
-                        }
-                        None => anyhow::bail!(
-                            "{source}: no hook posts to {url} (set create: true to make one)"
-                        ),
-                    }
-                }
-            };
-            if jobs
-                .iter()
-                .any(|j| j.source == *source && j.hook_id == hook_id)
-            {
-                anyhow::bail!(
-                    "{source}: hook {hook_id} is named by two rules; one cursor cannot serve two targets"
-                );
-            }
-            jobs.push(HookJob {
-                source: source.clone(),
-                hook_id,
-                target: rule.target.clone(),
-            });
-        }
-    }
-    Ok(jobs)
-}
-
-fn source_names(jobs: &[HookJob]) -> String {
-    jobs.iter()
-        .map(HookJob::label)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Runs the forwarder until shutdown.
-pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
-    let rules = config::read(&args.config).map_err(|err| anyhow::anyhow!("--config {err}"))?;
-    let secret = match (&args.secret_file, std::env::var_os(SECRET_ENV)) {
-        (Some(path), _) => read_secret(path, "--secret-file")?,
-        (None, Some(value)) if !value.is_empty() => value.into_encoded_bytes(),
-        _ => anyhow::bail!("the signing secret is required: --secret-file or {SECRET_ENV}"),
-    };
-    let api_url: http::Uri = args
-        .api_url
-        .parse()
-        .map_err(|err| anyhow::anyhow!("--api-url {:?}: {err}", args.api_url))?;
-    if !matches!(api_url.scheme_str(), Some("http" | "https")) || api_url.host().is_none() {
-        anyhow::bail!("--api-url {:?}: not an http(s) URL", args.api_url);
-    }
-    if args.dedup_size == 0 || args.max_dead_letters == 0 || args.max_backlog == 0 {
-        anyhow::bail!("--dedup-size, --max-dead-letters and --max-backlog must be at least 1");
-    }
-    if args.poll_interval.is_zero() {
-        anyhow::bail!("--poll-interval must be above 0");
-    }
-    let credentials = credentials(&args)?;
-    let store = store(&args).await?;
-    let max_answer = usize::try_from(args.max_answer_bytes)
-        .map_err(|_| anyhow::anyhow!("--max-answer-bytes is too large for this machine"))?;
-
-    let registry = MetricsRegistry::new();
-    let readiness = Readiness::default();
-    let hooks_ready = readiness.check("hooks");
-    let metrics = ForwarderMetrics::new(&registry);
-    let http = forward::http_client(roots(&args.ca_files, "--ca-file")?, args.api_timeout)?;
-    let api = Api::new(
-        &args.api_url,
-        http.clone(),
-        args.api_timeout,
-        max_answer,
-        credentials,
-        metrics.clone(),
-    )?;
-    let _admin = crate::admin::start(
-        &args.admin,
-        AdminState {
-            registry,
-            readiness,
-            shutdown: shutdown.clone(),
-        },
-    )?;
-
-    // Resolving needs working credentials; retried with backoff, since the
-    // forge may be unreachable for a while when the pod starts.
-    let shared = Arc::new(Shared {
-        api,
-        sender: Sender::new(http, args.target_timeout, secret),
-        store,
-        metrics,
-        settings: Settings {
-            poll_interval: args.poll_interval,
-            per_page: args.per_page,
-            concurrency: usize::from(args.concurrency),
-            max_attempts: args.max_attempts,
-            dedup_size: args.dedup_size,
-            max_dead_letters: args.max_dead_letters,
-            max_backlog: args.max_backlog,
-            backfill: args.backfill,
-        },
-        permits: Semaphore::new(usize::from(args.concurrency)),
-    });
-    // Resolving and the first look at each hook need working credentials;
-    // retried with backoff, since the forge may be unreachable for a while
-    // when the pod starts.
-    let mut backoff = Duration::from_secs(1);
-    let (jobs, loops) = loop {
-        let attempt = async {
-            let jobs = resolve(&shared.api, &rules).await?;
-            let mut loops = Vec::new();
-            for job in &jobs {
-                loops.push(
-                    HookLoop::start(job.clone(), shared.clone())
-                        .await
-                        .map_err(|err| anyhow::anyhow!("{}: {err:#}", job.label()))?,
-                );
-            }
-            anyhow::Ok((jobs, loops))
-        };
-        let attempt = tokio::select! {
-            result = attempt => result,
-            _ = shutdown.draining() => return Ok(()),
-        };
-        match attempt {
-            Ok(ready) => break ready,
-            Err(err) => {
-                hooks_ready.not_ready(format!("{err:#}"));
-                tracing::warn!(error = %format!("{err:#}"), retry_in = ?backoff, "cannot resolve the hooks");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.draining() => return Ok(()),
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(60));
-            }
-        }
-    };
-    hooks_ready.ready(source_names(&jobs));
-    tracing::info!(hooks = %source_names(&jobs), "forwarding");
-
-    let mut tasks = tokio::task::JoinSet::new();
-    for hook in loops {
-        tasks.spawn(hook.run(shutdown.clone()));
-    }
-    // Each loop returns once draining starts and its in-flight forward
-    // (and cursor write) is done; an abort cuts that short.
-    tokio::select! {
-        _ = async { while tasks.join_next().await.is_some() {} } => {
-            tracing::info!("drained; cursors stored");
-        }
-        _ = shutdown.aborted() => {
-            tracing::warn!("aborted with forwards in flight; at most those are sent again");
-        }
-    }
-    Ok(())
 }

@@ -235,6 +235,29 @@ pub async fn seize(
     }
 }
 
+/// Gives up a Lease taken with [`seize`], if it still names
+/// `config.identity`, so that a replica takes over at once rather than after
+/// the hold. Returns whether it was still held.
+pub async fn unseize(client: kube::Client, config: &LeaderConfig) -> Result<bool, kube::Error> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::api::{Api, PostParams};
+
+    let api: Api<Lease> = Api::namespaced(client, &config.namespace);
+    let Some(mut lease) = api.get_opt(&config.lease_name).await? else {
+        return Ok(false);
+    };
+    let read = lease.spec.take().unwrap_or_default();
+    if read.holder_identity.as_deref() != Some(config.identity.as_str()) {
+        return Ok(false);
+    }
+    lease.spec = Some(record::released(&read, SystemTime::now()));
+    // Carries the resourceVersion read: a takeover in between conflicts,
+    // and then the lease is not ours to give.
+    api.replace(&config.lease_name, &PostParams::default(), &lease)
+        .await?;
+    Ok(true)
+}
+
 impl Drop for Leadership {
     fn drop(&mut self) {
         if let Mode::Elected { task, .. } = &self.mode {

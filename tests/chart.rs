@@ -344,7 +344,15 @@ fn the_hub_fanout_renders_alone_and_only_with_manifests_hub() {
         Value::Null,
         "cluster-relay-hub",
     );
-    assert!(hub.iter().all(|o| o.name().contains("webhook-fanout")));
+    // The hub values also turn on the delivery forwarder (tested below).
+    assert!(
+        hub.iter()
+            .all(|o| o.name().contains("webhook-fanout") || o.name().contains("delivery-forwarder"))
+    );
+    let hub: Vec<Rendered> = hub
+        .into_iter()
+        .filter(|o| o.name().contains("webhook-fanout"))
+        .collect();
     assert!(
         hub.iter().all(|o| o.location.is_empty()),
         "hub objects are not add-on manifests"
@@ -365,6 +373,119 @@ fn the_hub_fanout_renders_alone_and_only_with_manifests_hub() {
     let all: Vec<&Rendered> = hub.iter().collect();
     let out = chart::apply(plane, &all).unwrap_or_else(|err| panic!("{err:#}"));
     assert_eq!(out.lines().count(), hub.len(), "{out}");
+}
+
+/// The delivery forwarder, the other hub component: only with
+/// manifests=hub; its flags are ones the binary accepts and its rules
+/// ConfigMap is one the binary reads; values that cannot work are refused;
+/// a real apiserver accepts its objects, and its ServiceAccount may touch
+/// its cursor ConfigMap and its Lease and nothing else (the rules and
+/// Secrets are mounted, not read through the API).
+#[test]
+fn the_hub_delivery_forwarder_renders_with_rbac_for_its_cursor_and_lease_only() {
+    let on = json!({"deliveryForwarder": {"enabled": true, "signingSecretName": "s",
+        "tokenSecretName": "t", "rules": [{"repositories": ["o/r"], "hook": {"id": 1}, "target": "http://t/"}]}});
+    for manifests in ["all", "hosting", "managed"] {
+        let mut set = on.clone();
+        set["manifests"] = json!(manifests);
+        let objects = render(&[chart_file("ci/hosted-values.yaml")], set, "x");
+        assert!(
+            !objects
+                .iter()
+                .any(|o| o.name().contains("delivery-forwarder")),
+            "rendered with manifests={manifests}"
+        );
+    }
+    let ns = "cluster-relay-hub-forwarder";
+    let hub: Vec<Rendered> = render(&[chart_file("ci/hub-values.yaml")], Value::Null, ns)
+        .into_iter()
+        .filter(|o| o.name().contains("delivery-forwarder"))
+        .collect();
+    let deployment = find(&hub, "Deployment", "cluster-relay-delivery-forwarder");
+    let args = args_of(deployment.containers()[0]);
+    check_flags(&args).unwrap_or_else(|err| panic!("{err:#}"));
+    for flag in [
+        "--leader-elect",
+        "--leader-election-lease-name=cluster-relay-delivery-forwarder",
+        "--cursor-configmap=cluster-relay-hub-forwarder/cluster-relay-delivery-forwarder-cursor",
+        "--app-id=4242",
+        "--app-private-key-file=/etc/cluster-relay/github/private-key.pem",
+        "--retry-max-age=24h",
+    ] {
+        assert!(args.contains(&flag.to_owned()), "{flag}: {args:?}");
+    }
+    let rules = find(&hub, "ConfigMap", "cluster-relay-delivery-forwarder-rules");
+    let text = rules.object["data"]["rules.yaml"].as_str().expect("rules");
+    let parsed = cluster_relay::delivery_forwarder::config::parse(text)
+        .unwrap_or_else(|err| panic!("{err}: {text}"));
+    assert_eq!(parsed.len(), 1);
+    assert_eq!(deployment.object["spec"]["replicas"], 2);
+    let findings = chart::lint(&[chart_file("ci/hub-values.yaml")]).expect("lint runs");
+    assert!(findings.is_empty(), "hub: lint: {findings:?}");
+
+    for (set, says) in [
+        (
+            json!({"deliveryForwarder": {"signingSecretName": ""}}),
+            "deliveryForwarder.signingSecretName",
+        ),
+        (
+            json!({"deliveryForwarder": {"tokenSecretName": "t"}}),
+            "either app",
+        ),
+        (
+            json!({"deliveryForwarder": {"rules": []}}),
+            "deliveryForwarder.rules",
+        ),
+        (
+            json!({"deliveryForwarder": {"retryMaxAge": "a day"}}),
+            "retryMaxAge",
+        ),
+    ] {
+        let err = chart::render(&[chart_file("ci/hub-values.yaml")], &set, ns)
+            .expect_err(&format!("{set} renders"));
+        assert!(format!("{err:#}").contains(says), "{set}: {err:#}");
+    }
+
+    let plane = shared("hosting");
+    plane.ensure_namespace(ns).expect("namespace");
+    let all: Vec<&Rendered> = hub.iter().collect();
+    let out = chart::apply(plane, &all).unwrap_or_else(|err| panic!("{err:#}"));
+    assert_eq!(out.lines().count(), hub.len(), "{out}");
+    let sa = format!("system:serviceaccount:{ns}:cluster-relay-delivery-forwarder");
+    for (args, allowed) in [
+        (
+            &["get", "configmap/cluster-relay-delivery-forwarder-cursor"][..],
+            true,
+        ),
+        (
+            &["patch", "configmap/cluster-relay-delivery-forwarder-cursor"],
+            true,
+        ),
+        (
+            &[
+                "delete",
+                "configmap/cluster-relay-delivery-forwarder-cursor",
+            ],
+            false,
+        ),
+        (
+            &["get", "configmap/cluster-relay-delivery-forwarder-rules"],
+            false,
+        ),
+        (&["get", "configmap/some-other"], false),
+        (&["create", "configmaps"], false),
+        (&["list", "configmaps"], false),
+        (&["get", "lease/cluster-relay-delivery-forwarder"], true),
+        (&["update", "lease/cluster-relay-delivery-forwarder"], true),
+        (&["update", "lease/cluster-relay-provisioner"], false),
+        (&["create", "leases"], false),
+        (&["get", "secret/github-app"], false),
+        (&["list", "secrets"], false),
+    ] {
+        let mut full = args.to_vec();
+        full.extend(["-n", ns]);
+        assert_eq!(can(plane, &sa, &full), allowed, "forwarder {args:?}");
+    }
 }
 
 /// Applies each location's manifests of `objects` to its plane.

@@ -5,14 +5,14 @@
 //! forwarded once; older deliveries are left alone unless --backfill
 //! reaches them; bad rules stop the start naming the field; a target that
 //! is down moves nothing and then gets the backlog in order (across pages
-//! walked by their Link headers), and one that stays down dead-letters
-//! after --max-attempts; `kill -9` mid-batch loses nothing and repeats at
+//! walked by their Link headers); `kill -9` mid-batch loses nothing and repeats at
 //! most the in-flight delivery (cursor in a ConfigMap on a real
 //! kube-apiserver); a spent rate limit and a secondary limit are waited out
 //! with no request before the forge allows it, and idle polls are 304s; as
 //! a GitHub App, with installation tokens that expire every few seconds, no
 //! request is ever refused; a wrong app key is refused by the stand-in and
-//! keeps the forwarder unready.
+//! keeps the forwarder unready. Retries, dead letters, replays and leader
+//! election: `delivery_forwarder_retry.rs`.
 
 mod support;
 
@@ -26,111 +26,14 @@ use cluster_relay::webhook_fanout::signature::Verifier;
 use serde_json::{Value, json};
 use support::{
     agent::Agent,
+    forwarder::{
+        DEADLINE, SECRET, cursor_file, free_port, metric, path, ready, rules, spawn, wait_count,
+        workdir,
+    },
     hook_forge::{ForgeConfig, HookForge},
     hook_sink::Sink,
-    run_dir, shared, wait_until,
+    shared, wait_until,
 };
-
-const SECRET: &str = "forwarded-secret";
-const TOKEN: &str = "ghp_test";
-const DEADLINE: Duration = Duration::from_secs(30);
-
-fn workdir(name: &str) -> PathBuf {
-    let dir = run_dir().join(format!("forwarder-{name}"));
-    std::fs::create_dir_all(&dir).expect("a work directory");
-    std::fs::write(dir.join("secret"), format!("{SECRET}\n")).expect("the secret file");
-    std::fs::write(dir.join("token"), format!("{TOKEN}\n")).expect("the token file");
-    dir
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-/// Starts the forwarder with `rules` (YAML) and token auth unless `extra`
-/// brings app flags.
-fn spawn(dir: &Path, forge: &HookForge, rules: &str, extra: &[&str]) -> Agent {
-    let config = dir.join("rules.yaml");
-    std::fs::write(&config, rules).expect("the rules file");
-    let (secret, token, cursor) = (
-        dir.join("secret"),
-        dir.join("token"),
-        dir.join("cursors.json"),
-    );
-    let url = forge.url();
-    let mut args = vec![
-        "delivery-forwarder",
-        "--config",
-        path(&config),
-        "--api-url",
-        &url,
-        "--secret-file",
-        path(&secret),
-        "--admin-addr",
-        "127.0.0.1:0",
-        "--poll-interval",
-        "50ms",
-        "--api-timeout",
-        "5s",
-        "--target-timeout",
-        "5s",
-    ];
-    if !extra.contains(&"--app-id") {
-        args.extend(["--token-file", path(&token)]);
-    }
-    if !extra.contains(&"--cursor-configmap") {
-        args.extend(["--cursor-file", path(&cursor)]);
-    }
-    args.extend_from_slice(extra);
-    Agent::spawn(&args, &[]).expect("the forwarder starts")
-}
-
-async fn ready(agent: &Agent) {
-    wait_until("the forwarder ready", DEADLINE, || async {
-        agent
-            .admin_get("/readyz")
-            .is_ok_and(|(status, _)| status == 200)
-    })
-    .await
-    .unwrap_or_else(|err| panic!("{err:#}\n{}", agent.logs()));
-}
-
-fn rules(repo: &str, hook: &str, target: &str) -> String {
-    format!("rules:\n- repositories: [{repo}]\n  hook: {hook}\n  target: {target}\n")
-}
-
-fn metric(agent: &Agent, result: &str) -> f64 {
-    agent.metric(&format!(
-        "cluster_relay_delivery_forwarder_deliveries_total{{result=\"{result}\"}}"
-    ))
-}
-
-fn cursor_file(dir: &Path) -> Value {
-    let text = std::fs::read_to_string(dir.join("cursors.json")).expect("a cursor file");
-    let document: Value = serde_json::from_str(&text).expect("JSON");
-    let (_, hook) = document
-        .as_object()
-        .and_then(|o| o.iter().next())
-        .expect("one hook");
-    serde_json::from_str(hook.as_str().expect("a string")).expect("a cursor")
-}
-
-async fn wait_count(sink: &Sink, count: usize, agent: &Agent) {
-    wait_until(
-        &format!("{count} deliveries at the sink"),
-        DEADLINE,
-        || async { sink.received().len() >= count },
-    )
-    .await
-    .unwrap_or_else(|err| panic!("{err:#}: got {:?}\n{}", sink.ids(), agent.logs()));
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
 
 /// 1. Forge → forwarder → `agent webhook-fanout` → backend: each delivery
 /// once, in order, with its original headers and a fresh signature the
@@ -306,47 +209,6 @@ fn bad_rules_exit_naming_the_flag_rule_and_field() {
     );
 }
 
-/// 2b. A target that stays down: after --max-attempts each delivery is
-/// dead-lettered (recorded with the cursor, counted), not silently lost.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_delivery_that_keeps_failing_is_dead_lettered_and_counted() {
-    let forge = HookForge::start(ForgeConfig::default()).await;
-    let hook = forge.add_hook("repos/octo/dead", "https://relay.invalid/hook");
-    let dir = workdir("dead");
-    let target = format!("http://127.0.0.1:{}/hook", free_port());
-    let forwarder = spawn(
-        &dir,
-        &forge,
-        &rules("octo/dead", &format!("{{id: {hook}}}"), &target),
-        &["--max-attempts", "2"],
-    );
-    ready(&forwarder).await;
-    let guids: Vec<String> = (0..2)
-        .map(|n| forge.deliver(hook, "push", json!({"n": n})).1)
-        .collect();
-    wait_until("two dead letters", DEADLINE, || async {
-        metric(&forwarder, "dead_lettered") >= 2.0
-    })
-    .await
-    .unwrap_or_else(|err| panic!("{err:#}\n{}", forwarder.logs()));
-    let cursor = cursor_file(&dir);
-    let letters: Vec<&str> = cursor["dead_letters"]
-        .as_array()
-        .expect("dead letters")
-        .iter()
-        .map(|l| l["guid"].as_str().expect("a guid"))
-        .collect();
-    assert_eq!(letters, guids);
-    assert_eq!(cursor["dead_lettered_total"], 2);
-    assert!(
-        cursor["dead_letters"][0]["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("2 attempts")),
-        "{cursor}"
-    );
-    assert_eq!(metric(&forwarder, "failed"), 2.0, "one retry each");
-}
-
 /// 3. `kill -9` mid-batch, cursor in a ConfigMap on a real apiserver:
 /// after a restart every delivery has arrived, first arrivals in order,
 /// and at most the one in flight at the kill arrived twice.
@@ -418,8 +280,12 @@ async fn kill_9_mid_batch_loses_nothing_and_repeats_at_most_the_in_flight_one() 
     let cursor: Value =
         serde_json::from_str(stored["data"][&key].as_str().expect("the hook's cursor"))
             .expect("a cursor");
+    // `seen` holds [guid, forwarded at] pairs, oldest first.
     assert_eq!(
-        cursor["seen"].as_array().and_then(|s| s.last()),
+        cursor["seen"]
+            .as_array()
+            .and_then(|s| s.last())
+            .map(|e| &e[0]),
         Some(&Value::String(guids[39].clone()))
     );
 }

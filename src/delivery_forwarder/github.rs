@@ -86,7 +86,12 @@ impl Summary {
     /// `delivered_at` as a time (the epoch when unreadable, which only
     /// makes the lag gauge wrong, never the cursor).
     pub fn at(&self) -> SystemTime {
-        humantime::parse_rfc3339_weak(self.delivered_at.trim_end_matches('Z')).unwrap_or(UNIX_EPOCH)
+        self.recorded().unwrap_or(UNIX_EPOCH)
+    }
+
+    /// When the forge recorded the delivery, if `delivered_at` reads.
+    pub fn recorded(&self) -> Option<SystemTime> {
+        humantime::parse_rfc3339_weak(self.delivered_at.trim_end_matches('Z')).ok()
     }
 }
 

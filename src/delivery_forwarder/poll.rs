@@ -4,8 +4,10 @@
 //! queues what is above it oldest first. Then it forwards the queue in
 //! order, fetching details a few ahead, and moves the cursor past each
 //! delivery only once it was forwarded, found to be a duplicate (same GUID
-//! forwarded lately), or dead-lettered after `--max-attempts`. A failure
-//! ends the round: nothing behind it moves, and the next round retries it.
+//! forwarded within `--dedup-window`), or dead-lettered ([`super::retry`]:
+//! refused for good, or still failing at `--retry-max-age`). A failure ends
+//! the round: nothing behind it moves, and the delivery is tried again
+//! after its backoff (polls go on meanwhile, so the queue stays current).
 
 use std::{
     collections::{HashSet, VecDeque},
@@ -15,14 +17,15 @@ use std::{
 
 use futures::{StreamExt as _, stream};
 use http::Uri;
-use tokio::sync::Semaphore;
+use tokio::{sync::Semaphore, time::Instant};
 
 use super::{
     config::Source,
-    cursor::{DeadLetter, Failing, HookCursor, Store},
+    cursor::{DeadLetter, DedupBounds, Failing, HookCursor, Store, unix_secs},
     forward::Sender,
     github::{Api, ApiError, Detail, Page, Summary},
     metrics::ForwarderMetrics,
+    retry::{RetryPolicy, Verdict},
 };
 use crate::shutdown::Shutdown;
 
@@ -32,8 +35,8 @@ pub struct Settings {
     pub poll_interval: Duration,
     pub per_page: u8,
     pub concurrency: usize,
-    pub max_attempts: u32,
-    pub dedup_size: usize,
+    pub retry: RetryPolicy,
+    pub dedup: DedupBounds,
     pub max_dead_letters: usize,
     pub max_backlog: usize,
     pub backfill: Option<Duration>,
@@ -92,6 +95,8 @@ pub struct HookLoop {
     etag: Option<String>,
     /// Deliveries above the cursor, oldest first.
     pending: VecDeque<Summary>,
+    /// No attempt at the head of the queue before this (its backoff).
+    retry_at: Option<Instant>,
 }
 
 impl HookLoop {
@@ -109,7 +114,11 @@ impl HookLoop {
             cursor: stored.clone().unwrap_or_default(),
             etag: None,
             pending: VecDeque::new(),
+            retry_at: None,
         };
+        this.shared
+            .metrics
+            .dead_letters(&this.label, this.cursor.dead_letters.len());
         if stored.is_some() {
             tracing::info!(hook = %this.label, last_id = this.cursor.last_id, "cursor loaded");
             return Ok(this);
@@ -167,8 +176,14 @@ impl HookLoop {
                 };
                 self.round(&shutdown).await;
             }
+            // A delivery waiting out a backoff shorter than the poll
+            // interval is tried when its backoff ends.
+            let mut wake = Instant::now() + self.shared.settings.poll_interval;
+            if let Some(retry_at) = self.retry_at {
+                wake = wake.min(retry_at);
+            }
             tokio::select! {
-                _ = tokio::time::sleep(self.shared.settings.poll_interval) => {}
+                _ = tokio::time::sleep_until(wake) => {}
                 _ = shutdown.draining() => return,
             }
         }
@@ -280,9 +295,13 @@ impl HookLoop {
     /// Forwards the queue in order until it is empty, a step fails, or
     /// shutdown starts. Details are fetched up to `--concurrency` ahead.
     async fn forward_pending(&mut self, shutdown: &Shutdown) {
+        if self.retry_at.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
+        self.retry_at = None;
         // Which deliveries need no detail: GUIDs forwarded lately, and the
         // second and later of one GUID in this batch.
-        let mut skip: HashSet<String> = self.cursor.seen.iter().cloned().collect();
+        let mut skip: HashSet<String> = self.cursor.seen.iter().map(|s| s.guid.clone()).collect();
         let plan: Vec<(Summary, bool)> = self
             .pending
             .iter()
@@ -343,51 +362,86 @@ impl HookLoop {
                 Ok(()) => {
                     self.shared.metrics.delivery("forwarded");
                     tracing::debug!(hook = %self.label, id = summary.id, guid = %summary.guid, event = %summary.event, "forwarded");
-                    self.cursor
-                        .remember(&summary.guid, self.shared.settings.dedup_size);
+                    self.remember(&summary.guid);
                     if !self.advance(&summary).await {
                         return;
                     }
                 }
                 Err(err) => {
-                    let attempts = match &self.cursor.failing {
-                        Some(failing) if failing.id == summary.id => failing.attempts + 1,
-                        _ => 1,
+                    let now = SystemTime::now();
+                    let (attempts, since) = match &self.cursor.failing {
+                        Some(failing) if failing.id == summary.id => {
+                            (failing.attempts.saturating_add(1), failing.since)
+                        }
+                        _ => (1, unix_secs(now)),
                     };
-                    if attempts >= self.shared.settings.max_attempts {
-                        self.give_up(&summary, format!("{attempts} attempts; last: {err}"))
-                            .await;
-                        if !self.advance(&summary).await {
+                    // The forge's record time; if unreadable, when the
+                    // failures began, so the age limit still holds.
+                    let recorded = summary
+                        .recorded()
+                        .unwrap_or_else(|| SystemTime::UNIX_EPOCH + Duration::from_secs(since));
+                    match self
+                        .shared
+                        .settings
+                        .retry
+                        .judge(&err, attempts, recorded, now)
+                    {
+                        Verdict::GiveUp(reason) => {
+                            self.give_up(&summary, reason).await;
+                            if !self.advance(&summary).await {
+                                return;
+                            }
+                        }
+                        Verdict::RetryIn(pause) => {
+                            self.shared.metrics.delivery("failed");
+                            tracing::warn!(hook = %self.label, id = summary.id, attempts, retry_in = ?pause, error = %err, "forwarding failed; the cursor stays");
+                            self.cursor.failing = Some(Failing {
+                                id: summary.id,
+                                attempts,
+                                since,
+                            });
+                            self.retry_at = Some(Instant::now() + pause);
+                            self.save().await;
                             return;
                         }
-                        continue;
                     }
-                    self.shared.metrics.delivery("failed");
-                    tracing::warn!(hook = %self.label, id = summary.id, attempts, error = %err, "forwarding failed; the cursor stays");
-                    self.cursor.failing = Some(Failing {
-                        id: summary.id,
-                        attempts,
-                    });
-                    self.save().await;
-                    return;
                 }
             }
         }
     }
 
+    /// Remembers a forwarded GUID for the dedup window.
+    fn remember(&mut self, guid: &str) {
+        let early = self
+            .cursor
+            .remember(guid, SystemTime::now(), self.shared.settings.dedup);
+        if early > 0 {
+            self.shared.metrics.dedup_evicted(early);
+            tracing::debug!(hook = %self.label, early, "GUIDs forgotten before --dedup-window ended (--dedup-max-entries)");
+        }
+    }
+
     async fn give_up(&mut self, summary: &Summary, reason: String) {
         self.shared.metrics.delivery("dead_lettered");
-        tracing::error!(hook = %self.label, id = summary.id, guid = %summary.guid, reason = %reason, "delivery dead-lettered");
-        self.cursor.dead_letter(
+        tracing::error!(hook = %self.label, id = summary.id, guid = %summary.guid, reason = %reason, "delivery dead-lettered; agent delivery-forwarder --replay-dead-letters sends it again");
+        let dropped = self.cursor.dead_letter(
             DeadLetter {
                 id: summary.id,
                 guid: summary.guid.clone(),
                 event: summary.event.clone(),
-                reason,
+                reason: reason.chars().take(300).collect(),
                 at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+                delivered_at: summary.delivered_at.clone(),
             },
             self.shared.settings.max_dead_letters,
         );
+        for letter in dropped {
+            self.shared.metrics.dead_letter_dropped();
+            tracing::error!(hook = %self.label, id = letter.id, guid = %letter.guid, "more than --max-dead-letters: the oldest dead letter is dropped and cannot be replayed (the forge still has it until its retention ends)");
+        }
+        self.shared
+            .metrics
+            .dead_letters(&self.label, self.cursor.dead_letters.len());
     }
 
     /// Moves the cursor past `summary` and stores it; false when storing

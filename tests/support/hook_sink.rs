@@ -1,6 +1,7 @@
 //! Webhook receivers for the fan-out tests: an HTTP server on loopback that
 //! records every delivery (headers and body) and answers 200, or holds each
-//! answer until the test releases it.
+//! answer until the test releases it, or refuses what a rule says (the
+//! refused ones are recorded apart).
 
 use std::{
     convert::Infallible,
@@ -33,10 +34,15 @@ impl Received {
     }
 }
 
+/// Decides a status for each delivery; 2xx takes it.
+type Rule = Box<dyn Fn(&Received) -> u16 + Send>;
+
 /// A recording receiver; stops when dropped.
 pub struct Sink {
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
+    refused: Arc<Mutex<Vec<Received>>>,
+    rule: Arc<Mutex<Option<Rule>>>,
     /// Requests wait while this is false.
     open: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -61,8 +67,11 @@ impl Sink {
             .expect("the sink binds");
         let addr = listener.local_addr().expect("bound");
         let received = Arc::new(Mutex::new(Vec::new()));
+        let refused = Arc::new(Mutex::new(Vec::new()));
+        let rule: Arc<Mutex<Option<Rule>>> = Arc::new(Mutex::new(None));
         let (open, gate) = watch::channel(open);
         let sink = received.clone();
+        let (refusals, rules) = (refused.clone(), rule.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -70,10 +79,12 @@ impl Sink {
                 };
                 let sink = sink.clone();
                 let gate = gate.clone();
+                let (refusals, rules) = (refusals.clone(), rules.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |request: Request<Incoming>| {
                         let sink = sink.clone();
                         let mut gate = gate.clone();
+                        let (refusals, rules) = (refusals.clone(), rules.clone());
                         async move {
                             let (parts, body) = request.into_parts();
                             let body = body
@@ -81,14 +92,24 @@ impl Sink {
                                 .await
                                 .map(|b| b.to_bytes())
                                 .unwrap_or_default();
-                            sink.lock().expect("sink lock").push(Received {
+                            let got = Received {
                                 headers: parts.headers,
                                 body,
-                            });
-                            let _ = gate.wait_for(|open| *open).await;
+                            };
+                            let status = rules
+                                .lock()
+                                .expect("sink lock")
+                                .as_ref()
+                                .map_or(200, |rule| rule(&got));
+                            if !(200..300).contains(&status) {
+                                refusals.lock().expect("sink lock").push(got);
+                            } else {
+                                sink.lock().expect("sink lock").push(got);
+                                let _ = gate.wait_for(|open| *open).await;
+                            }
                             Ok::<_, Infallible>(
                                 Response::builder()
-                                    .status(StatusCode::OK)
+                                    .status(status)
                                     .body(Full::new(Bytes::from_static(b"ok")))
                                     .expect("valid response"),
                             )
@@ -103,9 +124,32 @@ impl Sink {
         Sink {
             addr,
             received,
+            refused,
+            rule,
             open,
             task,
         }
+    }
+
+    /// From now on answers each delivery with `rule`'s status; a non-2xx
+    /// one is recorded in [`Sink::refused`], not [`Sink::received`].
+    pub fn answer_with(&self, rule: impl Fn(&Received) -> u16 + Send + 'static) {
+        *self.rule.lock().expect("sink lock") = Some(Box::new(rule));
+    }
+
+    /// Takes everything again.
+    pub fn take_all(&self) {
+        *self.rule.lock().expect("sink lock") = None;
+    }
+
+    /// Deliveries refused so far, as delivery ids in arrival order.
+    pub fn refused(&self) -> Vec<String> {
+        self.refused
+            .lock()
+            .expect("sink lock")
+            .iter()
+            .map(|r| r.header("x-github-delivery").to_owned())
+            .collect()
     }
 
     /// The URL to give the fan-out.

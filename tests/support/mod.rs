@@ -17,7 +17,8 @@
 //! - [`wait_until`] and friends: `wait.rs`
 //! - [`agent`]: the `agent` binary run as a process
 //! - [`hook_sink`]: recording webhook receivers
-//! - [`hook_forge`]: a stand-in for the forge's webhook-delivery API
+//! - [`hook_forge`]: a stand-in for the forge's webhook-delivery API;
+//!   [`forwarder`]: `agent delivery-forwarder` run against it
 //! - [`http_client`]: whole HTTP answers from components and apiservers
 //! - [`scripted_upstream`]: an HTTP/1.1 upstream that records every request
 //!   and answers as a test scripts; [`exit_wire`]: the exit relay driven
@@ -42,6 +43,7 @@ pub mod echo;
 pub mod exit_wire;
 pub mod forge;
 mod forward;
+pub mod forwarder;
 pub mod hook_forge;
 pub mod hook_sink;
 pub mod http_client;
