@@ -142,7 +142,12 @@ impl NetnsPod {
         create(serde_json::to_vec(&pod_objects::service(ns, name, ports))?)?;
         let endpoints = pod_objects::endpoints(ns, name, self.pod_ip, ports);
         create(serde_json::to_vec(&endpoints)?)?;
-        Ok(())
+        let slice = pod_objects::endpoint_slice(ns, name, self.pod_ip, ports);
+        match create(serde_json::to_vec(&slice)?) {
+            // 1.20 serves discovery.k8s.io/v1beta1 only, and reads Endpoints.
+            Err(err) if format!("{err:#}").contains("no matches for kind") => Ok(()),
+            result => result.map(drop),
+        }
     }
 
     /// The Pod's (and Service's, and Endpoints') name.
@@ -301,6 +306,7 @@ impl Drop for NetnsPod {
             format!("pod/{}", self.name),
             format!("service/{}", self.name),
             format!("endpoints/{}", self.name),
+            format!("endpointslices.discovery.k8s.io/{}", self.name),
         ];
         // No kubelet confirms a graceful deletion, so the Pod goes at once.
         let mut args = vec!["-n", &self.namespace, "delete"];

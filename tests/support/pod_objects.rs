@@ -1,8 +1,9 @@
 //! The Kubernetes objects that put a [`super::NetnsPod`] behind a Service
 //! without a kubelet or an endpoints controller (SUBSTRATE.md, "Pods without
 //! a kubelet"): a Pod whose status says Running at the pod IP, a Service
-//! without selector, and Endpoints whose address points at the Pod (the
-//! apiserver's services/proxy only goes to addresses of existing Pods).
+//! without selector, and Endpoints and an EndpointSlice whose address points
+//! at the Pod (the apiserver's services/proxy only goes to addresses of
+//! existing Pods; it reads Endpoints up to 1.3x and EndpointSlices since).
 //! Every port N is named `port-N` in all three, as services/proxy matches
 //! Service and Endpoints ports by name.
 
@@ -115,4 +116,35 @@ pub fn endpoints(namespace: &str, name: &str, pod_ip: Ipv4Addr, ports: &[u16]) -
             not_ready_addresses: None,
         }]),
     }
+}
+
+/// The EndpointSlice of the Service (`discovery.k8s.io/v1`, served from
+/// 1.21): what current apiservers' services/proxy reads; the same address
+/// and ports as [`endpoints`].
+pub fn endpoint_slice(
+    namespace: &str,
+    name: &str,
+    pod_ip: Ipv4Addr,
+    ports: &[u16],
+) -> serde_json::Value {
+    let ports: Vec<serde_json::Value> = ports
+        .iter()
+        .map(|&p| serde_json::json!({"name": port_name(p), "port": p, "protocol": "TCP"}))
+        .collect();
+    serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"kubernetes.io/service-name": name},
+        },
+        "addressType": "IPv4",
+        "endpoints": [{
+            "addresses": [pod_ip.to_string()],
+            "conditions": {"ready": true},
+            "targetRef": {"kind": "Pod", "name": name, "namespace": namespace},
+        }],
+        "ports": ports,
+    })
 }
