@@ -19,8 +19,8 @@ OLDEST_APISERVER := $(CACHE)/kube-apiserver-1.20.2-r1
 OLDEST_SUITES := apiserver_relay apiserver_relay_tcp provisioner service_relay \
 	service_relay_exit read_cache chart
 
-.PHONY: all deps deps-bench build release fmt-check lint unit test test-oldest \
-	images image demo bench clean
+.PHONY: all deps deps-bench build release fmt-check lint go-check sh-check unit test \
+	test-oldest images image demo bench clean
 
 all: build
 
@@ -41,8 +41,24 @@ release:
 fmt-check:
 	$(CARGO) fmt --check
 
-lint:
+lint: go-check sh-check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+# Every Go module of the repository (each directory with a go.mod) is
+# gofmt-clean and go vet-clean.
+GO ?= $(or $(wildcard /usr/local/go/bin/go),go)
+GOFMT ?= $(or $(wildcard /usr/local/go/bin/gofmt),gofmt)
+go-check:
+	@for mod in $$(git ls-files '*go.mod'); do \
+		dir=$$(dirname $$mod); \
+		unformatted=$$(cd $$dir && $(GOFMT) -l .); \
+		if [ -n "$$unformatted" ]; then echo "gofmt: $$dir: $$unformatted"; exit 1; fi; \
+		(cd $$dir && $(GO) vet ./...) || exit 1; \
+		echo "go-check: $$dir clean"; \
+	done
+
+sh-check:
+	shellcheck hack/*.sh hack/lib/*.sh e2e/kind/run.sh
 
 unit:
 	$(CARGO) test --locked --lib

@@ -47,7 +47,7 @@ apt_install() {
 }
 
 apt_install etcd-server iproute2 openssl procps curl ca-certificates python3 \
-  containerd runc containernetworking-plugins iptables conntrack buildah musl-tools
+  containerd runc containernetworking-plugins iptables conntrack buildah musl-tools shellcheck
 # Debian's containerd enables a service on install where systemd runs; the
 # test nodes run their own, each with its own root and socket.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet containerd 2>/dev/null; then
