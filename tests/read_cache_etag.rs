@@ -212,7 +212,11 @@ fn ttl_hit_then_revalidated_hit_then_changed_content() {
     let miss = via(&cache, "/user", &a);
     assert_eq!((miss.status, served(&miss)), (200, "miss"), "{miss:?}");
     assert_eq!(miss.json()["name"], "alice the first");
-    let etag = miss.header("etag").expect("ETag passed on").to_owned();
+    // The body's URLs point at the cache, so it is another representation
+    // than the upstream's, with an ETag of its own.
+    let etag = miss.header("etag").expect("an ETag").to_owned();
+    let upstream_etag = forge.seen()[0].etag.clone().expect("the upstream's ETag");
+    assert_ne!(etag, upstream_etag);
     assert_eq!(miss.header("x-ratelimit-used"), Some("1"));
 
     let hit = via(&cache, "/user", &a);
@@ -254,7 +258,9 @@ fn ttl_hit_then_revalidated_hit_then_changed_content() {
     let seen = forge.seen();
     let last = seen.last().expect("the revalidation");
     assert_eq!((last.target.as_str(), last.status), ("/user", 304));
-    assert_eq!(last.if_none_match.as_deref(), Some(etag.as_str()));
+    // Revalidation asks with the upstream's validator, not the served one.
+    assert_eq!(last.if_none_match.as_deref(), Some(upstream_etag.as_str()));
+    assert_eq!(revalidated.header("etag"), Some(etag.as_str()));
     assert_eq!(seen.len(), 3, "one fill, one direct call, one revalidation");
     // The refreshed entry is fresh again.
     let again = via(&cache, "/user", &a);
@@ -276,7 +282,10 @@ fn ttl_hit_then_revalidated_hit_then_changed_content() {
     assert_eq!(served(&changed), "miss");
     assert_ne!(changed.header("etag"), Some(etag.as_str()));
     let last = forge.seen().last().cloned().expect("the refetch");
-    assert_eq!((last.status, last.if_none_match), (200, Some(etag)));
+    assert_eq!(
+        (last.status, last.if_none_match),
+        (200, Some(upstream_etag))
+    );
     assert_eq!(served(&via(&cache, "/user", &a)), "fresh_hit");
 
     // A client's own validators are answered by the cache.
@@ -426,18 +435,25 @@ fn pagination_links_point_back_at_the_cache() {
         )
     );
     // Behind a TLS-terminating proxy: its scheme and host, on a hit too.
+    // Entries are per public base (their links and bodies point at it), so
+    // the first request by this base fills one of its own.
     let mut forwarded = as_token(TOKEN_A);
     forwarded.push(("X-Forwarded-Proto", "https".into()));
     forwarded.push(("X-Forwarded-Host", "cache.example.com".into()));
-    let behind = via(&cache, "/user/repos?per_page=2", &forwarded);
-    assert_eq!(served(&behind), "fresh_hit");
-    assert!(
-        behind
-            .header("link")
-            .unwrap_or_default()
-            .starts_with("<https://cache.example.com/user/repos?per_page=2&page=2>; rel=\"next\""),
-        "{behind:?}"
-    );
+    for how in ["miss", "fresh_hit"] {
+        let behind = via(&cache, "/user/repos?per_page=2", &forwarded);
+        assert_eq!(served(&behind), how);
+        assert!(
+            behind.header("link").unwrap_or_default().starts_with(
+                "<https://cache.example.com/user/repos?per_page=2&page=2>; rel=\"next\""
+            ),
+            "{behind:?}"
+        );
+        assert_eq!(
+            behind.json()[0]["url"],
+            "https://cache.example.com/repos/alice/alice-repo-0"
+        );
+    }
     // Following next to the end through the cache.
     let mut next = Some(format!("{own}/user/repos?per_page=2"));
     let mut names = Vec::new();
@@ -461,7 +477,11 @@ fn pagination_links_point_back_at_the_cache() {
         });
     }
     assert_eq!(names.len(), 5);
-    assert_eq!(forge.answered(), 3, "three pages, each fetched once");
+    assert_eq!(
+        forge.answered(),
+        4,
+        "three pages, each fetched once, and one for the other base"
+    );
 }
 
 /// The Python interpreter PyGithub was installed for (hack/install-deps.sh
