@@ -504,7 +504,7 @@ fn pygithub_pages_through_the_cache() {
     let cache = cache(&[&forge.url()], &["--cache-ttl", "1h"]);
     let run = || {
         let out = Command::new(python)
-            .arg(repo_path("tests/support/pygithub_pages.py"))
+            .arg(repo_path("tests/clients/pygithub/pages.py"))
             .args(["--base-url", &format!("http://{}", cache.addr("cache"))])
             .args(["--per-page", "3"])
             .env("PYGITHUB_TOKEN", TOKEN_A)
