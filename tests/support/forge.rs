@@ -61,6 +61,7 @@ use tokio::sync::{oneshot, watch};
 
 use self::routes::Found;
 pub use self::wire::{Answer, get, http_date, parse_http_date, request};
+use self::wire::{accepts_gzip, etag_matches, hex};
 
 /// GitHub's default page size and its maximum.
 const DEFAULT_PER_PAGE: usize = 30;
@@ -544,29 +545,6 @@ fn spend(state: &mut State, key: &Option<String>) -> Quota {
     *quota
 }
 
-/// Whether `Accept-Encoding` takes gzip (not refused with `q=0`).
-fn accepts_gzip(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|item| {
-            let mut parts = item.split(';').map(str::trim);
-            parts.next() == Some("gzip") && !parts.any(|p| p == "q=0" || p == "q=0.0")
-        })
-}
-
-/// Weak comparison (RFC 9110 §8.8.3.2), which `If-None-Match` uses.
-fn etag_matches(if_none_match: &HeaderValue, etag: &str) -> bool {
-    let Ok(list) = if_none_match.to_str() else {
-        return false;
-    };
-    list.split(',').map(str::trim).any(|candidate| {
-        candidate == "*" || candidate.trim_start_matches("W/") == etag.trim_start_matches("W/")
-    })
-}
-
 fn common_headers(headers: &mut HeaderMap, authenticated: bool, quota: Option<Quota>) {
     let set = |headers: &mut HeaderMap, name: &'static str, value: String| {
         headers.insert(
@@ -627,8 +605,4 @@ fn error(status: StatusCode, message: &str, quota: Option<Quota>) -> Response<Fu
         .expect("valid response");
     common_headers(response.headers_mut(), false, quota);
     response
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -1,7 +1,8 @@
-//! HTTP plumbing of the GitHub stand-in: IMF-fixdates (`Date`,
-//! `Last-Modified`, `If-Modified-Since`) and [`get`], a small blocking
-//! HTTP/1.1 client for the tests that returns headers too (the agent's
-//! `raw_http` returns only status and body) and reads chunked bodies.
+//! HTTP plumbing of the GitHub stand-in: conditional and content-coding
+//! helpers, IMF-fixdates (`Date`, `Last-Modified`, `If-Modified-Since`)
+//! and [`get`], a small blocking HTTP/1.1 client for the tests that returns
+//! headers too (the agent's `raw_http` returns only status and body) and
+//! reads chunked bodies.
 
 use std::{
     io::{Read as _, Write as _},
@@ -10,7 +11,36 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use http::{HeaderMap, HeaderValue, header};
 use serde_json::Value;
+
+/// Whether `Accept-Encoding` takes gzip (not refused with `q=0`).
+pub fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            parts.next() == Some("gzip") && !parts.any(|p| p == "q=0" || p == "q=0.0")
+        })
+}
+
+/// Weak comparison (RFC 9110 §8.8.3.2), which `If-None-Match` uses.
+pub fn etag_matches(if_none_match: &HeaderValue, etag: &str) -> bool {
+    let Ok(list) = if_none_match.to_str() else {
+        return false;
+    };
+    list.split(',').map(str::trim).any(|candidate| {
+        candidate == "*" || candidate.trim_start_matches("W/") == etag.trim_start_matches("W/")
+    })
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
 const MONTHS: [&str; 12] = [
