@@ -73,7 +73,7 @@ pub struct EtagCache {
 }
 
 /// Where a request that is not a fresh hit goes. Built only then: a hit
-/// needs neither the upstream URI nor the public base of links.
+/// needs no upstream URI.
 struct Target<'a> {
     upstream: &'a Upstream,
     uri: http::Uri,
