@@ -7,7 +7,8 @@
 //!
 //! Each walks a repository: listings across pages, pull requests with
 //! their files and comments, and follow-ups by the URLs in the response
-//! bodies (lazy completion, `pull_request.url`, URL templates). The
+//! bodies (lazy completion, `pull_request.url`, URL templates); PyGithub
+//! also creates an issue and follows the URLs of what it created. The
 //! stand-in's URLs are its own, so a client that followed one unrewritten
 //! would leave the cache: PyGithub refuses such a URL, and for the others
 //! the test checks each URL they followed and that a second pass costs the
@@ -99,13 +100,13 @@ impl Setup {
         )
     }
 
-    /// What reached the forge asked for gzip, and every answer was a 200
-    /// or a 404 the client expected (a 401/403 would mean a token leaked or
-    /// ran out).
+    /// What reached the forge asked for gzip, and every answer was a 200,
+    /// a 201 or a 404 the client expected (a 401/403 would mean a token
+    /// leaked or ran out).
     fn check_upstream(&self) {
         let seen = self.forge.seen();
         assert!(
-            seen.iter().all(|s| s.status == 200 || s.status == 404),
+            seen.iter().all(|s| [200, 201, 404].contains(&s.status)),
             "{:?}",
             seen.iter()
                 .map(|s| (&s.target, s.status))
@@ -251,6 +252,45 @@ fn pygithub_walks_a_repository_through_the_cache() {
             .seen()
             .iter()
             .any(|s| s.target == "/users/alice")
+    );
+    setup.check_upstream();
+}
+
+#[test]
+fn pygithub_creates_an_issue_and_follows_its_urls_through_the_cache() {
+    let setup = Setup::start();
+    let base = setup.base();
+    // The listing is cached first, so the write must drop it.
+    let walk = pygithub(&setup, ALICE, "alice/alice-repo-0", &[]);
+    assert_eq!(numbers(&walk["issues"]), newest_first());
+    let created = pygithub(
+        &setup,
+        ALICE,
+        "alice/alice-repo-0",
+        &["--create", "found through the cache"],
+    );
+    let number = (ISSUES + PULLS + 1) as u64;
+    assert_eq!(created["number"], number);
+    // The write's answer passed through with its URLs pointing back.
+    assert_eq!(
+        created["url"],
+        format!("{base}/repos/alice/alice-repo-0/issues/{number}")
+    );
+    assert_eq!(created["user_name"], "alice the first");
+    assert_eq!(created["comments"], serde_json::json!([]));
+    let mut listed = newest_first();
+    listed.insert(0, number);
+    let listed: Vec<Value> = listed.into_iter().map(Value::from).collect();
+    assert_eq!(created["listed"], Value::Array(listed));
+    let post = setup
+        .forge
+        .seen()
+        .into_iter()
+        .find(|s| s.method == "POST")
+        .expect("the POST reached the forge");
+    assert_eq!(
+        (post.target.as_str(), post.status),
+        ("/repos/alice/alice-repo-0/issues", 201)
     );
     setup.check_upstream();
 }

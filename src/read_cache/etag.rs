@@ -20,10 +20,11 @@
 //! - [`client`]: the upstream client, with its timeouts; `body`: bodies
 //!   buffered up to `--max-object-bytes`, streamed beyond.
 //!
-//! Other methods pass through unbuffered (a successful one drops the entries
-//! of its path), as do HEADs without a fresh entry and answers larger than
-//! `--max-object-bytes`; their bodies are not rewritten, only `Link` and
-//! `Location`.
+//! Other methods pass through uncached (a successful one drops the entries
+//! of its path; a JSON answer is read to point its URLs back at the cache),
+//! as do HEADs without a fresh entry; answers larger than
+//! `--max-object-bytes` stream through with only `Link` and `Location`
+//! rewritten.
 
 mod args;
 mod body;
@@ -277,7 +278,9 @@ impl EtagCache {
     }
 
     /// The client's headers as sent upstream: hop-by-hop ones, `Host` (the
-    /// client sets it from the URI) and the upstream chooser removed.
+    /// client sets it from the URI) and the upstream chooser removed, and
+    /// `Accept-Encoding` narrowed to codings the cache can read, so that
+    /// bodies can be rewritten (the client accepts whichever comes back).
     fn forward_headers(&self, request: &HeaderMap) -> HeaderMap {
         let mut headers = request.clone();
         policy::remove_hop_by_hop(&mut headers);
@@ -285,12 +288,17 @@ impl EtagCache {
         if let Some(chooser) = self.allow.chooser() {
             headers.remove(chooser);
         }
+        match rewrite::upstream_accept_encoding(request) {
+            Some(coding) => headers.insert(header::ACCEPT_ENCODING, coding),
+            None => headers.remove(header::ACCEPT_ENCODING),
+        };
         headers
     }
 
-    /// Forwards a request uncached, streaming both ways. A successful
-    /// unsafe method drops the stored answers for its path, which it may
-    /// have changed.
+    /// Forwards a request uncached, streaming both ways (but for a JSON
+    /// answer, read whole to point its URLs back, see `passed_body`). A
+    /// successful unsafe method drops the stored answers for its path,
+    /// which it may have changed.
     async fn pass(
         &self,
         parts: http::request::Parts,
@@ -321,7 +329,22 @@ impl EtagCache {
         policy::remove_hop_by_hop(&mut parts.headers);
         point_back(&mut parts.headers, target.upstream, &request_headers);
         parts.version = http::Version::default();
-        Response::from_parts(parts, body.map_err(|err| Box::new(err) as BoxError).boxed())
+        let bodiless = method == Method::HEAD
+            || parts.status == StatusCode::NO_CONTENT
+            || parts.status == StatusCode::NOT_MODIFIED;
+        let body = if bodiless {
+            body.map_err(|err| Box::new(err) as BoxError).boxed()
+        } else {
+            let base = link::public_base(&request_headers);
+            match self
+                .passed_body(&mut parts.headers, body, target, base.as_deref())
+                .await
+            {
+                Ok(body) => body,
+                Err(failure) => return failure.response(),
+            }
+        };
+        Response::from_parts(parts, body)
     }
 }
 

@@ -22,6 +22,8 @@
 //! - Rate limits: `X-RateLimit-Limit/Remaining/Used/Reset/Resource` on every
 //!   answer; 5000 an hour per token, 60 for anonymous callers; when spent,
 //!   `403` with GitHub's message.
+//! - Writes: `POST /repos/{owner}/{repo}/issues` creates an issue (201,
+//!   the issue, `Location`); other writes get 404.
 //! - Authentication: `Authorization: token T` or `Bearer T`; an unknown
 //!   token gets `401 Bad credentials` (documented: and it is not served);
 //!   `/user` without a token gets `401 Requires authentication`.
@@ -376,7 +378,12 @@ async fn answer(shared: &Shared, request: Request<Incoming>) -> Response<Full<By
         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let mut hold = shared.hold.subscribe();
     let _ = hold.wait_for(|held| !held).await;
-    let (parts, _) = request.into_parts();
+    let (parts, body) = request.into_parts();
+    // Bodies are small here (an issue's title); a broken one reads as empty.
+    let body = http_body_util::BodyExt::collect(body)
+        .await
+        .map(|collected| collected.to_bytes())
+        .unwrap_or_default();
     let token = parts
         .headers
         .get(header::AUTHORIZATION)
@@ -401,6 +408,7 @@ async fn answer(shared: &Shared, request: Request<Incoming>) -> Response<Full<By
         &parts.uri,
         &parts.headers,
         token.as_deref(),
+        &body,
     );
     state.seen.push(Seen {
         method: parts.method.to_string(),
@@ -423,7 +431,8 @@ async fn answer(shared: &Shared, request: Request<Incoming>) -> Response<Full<By
 }
 
 /// Answers one request: credentials, rate limit, then the document
-/// [`routes::find`] finds, conditionally and compressed as asked.
+/// [`routes::find`] finds, conditionally and compressed as asked, or what
+/// [`routes::create`] made of a POST.
 fn route(
     state: &mut State,
     addr: SocketAddr,
@@ -431,6 +440,7 @@ fn route(
     uri: &http::Uri,
     headers: &HeaderMap,
     token: Option<&str>,
+    body: &[u8],
 ) -> Response<Full<Bytes>> {
     let quota_key = token.map(str::to_owned);
     // An unknown token is rejected before anything else, as GitHub does.
@@ -456,11 +466,26 @@ fn route(
             Some(quota),
         );
     }
-    if method != Method::GET && method != Method::HEAD {
-        return error(StatusCode::NOT_FOUND, "Not Found", Some(quota));
-    }
-    let found = routes::find(state, addr, uri, token);
+    let found = match *method {
+        Method::GET | Method::HEAD => routes::find(state, addr, uri, token),
+        Method::POST => routes::create(state, addr, uri, token, body),
+        _ => return error(StatusCode::NOT_FOUND, "Not Found", Some(quota)),
+    };
     match found {
+        Found::Created { body, location } => {
+            // As documented for "Create an issue": 201, the new issue, and
+            // its URL in Location.
+            let quota = spend(state, &quota_key);
+            let body = serde_json::to_vec_pretty(&body).expect("JSON serializes");
+            let mut response = Response::builder()
+                .status(StatusCode::CREATED)
+                .header(header::LOCATION, location)
+                .header(header::CONTENT_LENGTH, body.len())
+                .body(Full::new(Bytes::from(body)))
+                .expect("valid response");
+            common_headers(response.headers_mut(), true, Some(quota));
+            response
+        }
         Found::Error(status, message) => {
             let quota = spend(state, &quota_key);
             error(status, message, Some(quota))

@@ -8,12 +8,15 @@
 //! ([`rewrite`]), with an ETag derived from the upstream's. That work is
 //! done here, once per answer and public base (the base is part of the
 //! key), not on every hit. The entry's [`Freshness`] keeps the upstream's
-//! own validators, which are what revalidation sends.
+//! own validators, which are what revalidation sends. JSON answers to
+//! writes, which pass through uncached, get their URLs pointed back too.
 
 use std::{convert::Infallible, sync::Arc};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::{
@@ -25,7 +28,7 @@ use super::{
     upstream::Upstream,
 };
 use crate::{
-    http_server::{Body, empty, text},
+    http_server::{Body, BoxError, empty, full, text},
     read_cache::{
         key::CacheKey,
         store::{CachedResponse, Freshness},
@@ -115,7 +118,7 @@ impl Validators {
 
 /// Points `Link` and `Location` of `upstream` back at `base`, and serves a
 /// rewritten body with an ETag derived from the upstream's (the one in
-/// `headers` when called), or none if that cannot be derived.
+/// `headers` when called).
 fn present(headers: &mut HeaderMap, upstream: &Upstream, base: Option<&str>, rewritten: bool) {
     let Some(base) = base else {
         return;
@@ -124,14 +127,25 @@ fn present(headers: &mut HeaderMap, upstream: &Upstream, base: Option<&str>, rew
         link::rewrite(headers, upstream, base);
     }
     if rewritten {
-        match headers
-            .get(header::ETAG)
-            .and_then(|etag| rewrite::derived_etag(etag, base))
-        {
-            Some(derived) => headers.insert(header::ETAG, derived),
-            None => headers.remove(header::ETAG),
-        };
+        derive_etag(headers, base);
     }
+}
+
+/// Replaces the upstream's ETag by the one of the representation served at
+/// `base`, or removes it if none can be derived.
+fn derive_etag(headers: &mut HeaderMap, base: &str) {
+    match headers
+        .get(header::ETAG)
+        .and_then(|etag| rewrite::derived_etag(etag, base))
+    {
+        Some(derived) => headers.insert(header::ETAG, derived),
+        None => headers.remove(header::ETAG),
+    };
+}
+
+/// `body` streamed on as it comes.
+fn stream(body: Incoming) -> Body {
+    body.map_err(|err| Box::new(err) as BoxError).boxed()
 }
 
 impl EtagCache {
@@ -159,12 +173,6 @@ impl EtagCache {
         // answer it can keep, and answers the client's conditions itself.
         headers.remove(header::IF_NONE_MATCH);
         headers.remove(header::IF_MODIFIED_SINCE);
-        // Only codings the cache can read, so that bodies can be rewritten;
-        // the client accepts whichever comes back.
-        match rewrite::upstream_accept_encoding(request) {
-            Some(coding) => headers.insert(header::ACCEPT_ENCODING, coding),
-            None => headers.remove(header::ACCEPT_ENCODING),
-        };
         if let Some(stale) = &stale {
             policy::add_validators(
                 &mut headers,
@@ -250,6 +258,49 @@ impl EtagCache {
             entry: Arc::new(entry),
             revalidated: false,
         }))
+    }
+
+    /// The body of an answer passed through uncached (a write's): JSON up
+    /// to `--max-object-bytes` is read whole and its URLs pointed back at
+    /// `base` as a stored answer's are, so that a client following the URLs
+    /// of what it created stays on the cache; anything else, and what
+    /// proves larger, streams as it comes. Its `Link` and `Location` are
+    /// the caller's to point back.
+    pub(super) async fn passed_body(
+        &self,
+        headers: &mut HeaderMap,
+        body: Incoming,
+        target: &Target<'_>,
+        base: Option<&str>,
+    ) -> Result<Body, Failure> {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if base.is_none()
+            || !rewrite::is_json(headers)
+            || declared.is_some_and(|n| n > self.max_object_bytes as u64)
+        {
+            return Ok(stream(body));
+        }
+        let read = tokio::time::timeout(
+            self.client.response_timeout(),
+            buffer(body, self.max_object_bytes),
+        )
+        .await;
+        match read {
+            Err(_) => Err(self.failed(target, &FetchError::Timeout)),
+            Ok(Err(err)) => Err(self.failed(target, &err)),
+            Ok(Ok(Buffered::TooLarge(prefix, rest))) => Ok(chain(prefix.freeze(), rest)),
+            Ok(Ok(Buffered::Whole(whole))) => {
+                let (whole, rewritten) = self.rewrite_body(headers, whole, target, base);
+                if rewritten && let Some(base) = base {
+                    headers.remove(header::CONTENT_LENGTH);
+                    derive_etag(headers, base);
+                }
+                Ok(full(whole))
+            }
+        }
     }
 
     /// The body as served at `base`, and whether it differs from the

@@ -73,7 +73,7 @@ pub fn represent(
 
 /// Whether the response's media type is JSON (`application/json`,
 /// `application/vnd.github+json`, ...).
-fn is_json(headers: &HeaderMap) -> bool {
+pub fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

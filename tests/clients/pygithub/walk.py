@@ -17,7 +17,10 @@ applications use it, and prints one JSON line of what it read.
 PyGithub refuses (AssertionError) to request a URL whose host or port is not
 its base URL's, so a full walk proves every URL it followed pointed at the
 cache. With --expect-missing it only checks that the repository is not
-visible to this token (404) and prints {"missing": true}.
+visible to this token (404) and prints {"missing": true}. With --create
+TITLE it creates an issue (a write, which passes through the cache), then
+follows the new issue's own URLs (its comments, its user) and lists the
+repository's issues again, which the write must not leave stale.
 
 The token comes from the environment (PYGITHUB_TOKEN), not argv, so it does
 not show in process listings.
@@ -41,6 +44,7 @@ def main() -> int:
     parser.add_argument("--repo", required=True, help="owner/name")
     parser.add_argument("--per-page", type=int, default=30)
     parser.add_argument("--expect-missing", action="store_true")
+    parser.add_argument("--create", metavar="TITLE")
     args = parser.parse_args()
     gh = Github(
         auth=Auth.Token(os.environ["PYGITHUB_TOKEN"]),
@@ -63,6 +67,20 @@ def main() -> int:
         return 0
 
     repo = gh.get_repo(args.repo)
+    if args.create:
+        created = repo.create_issue(title=args.create)
+        print(
+            json.dumps(
+                {
+                    "number": created.number,
+                    "url": created.url,
+                    "comments": comments(created.get_comments()),
+                    "user_name": created.user.name,
+                    "listed": [i.number for i in repo.get_issues()],
+                }
+            )
+        )
+        return 0
     issues = []
     for issue in repo.get_issues():
         issues.append(

@@ -9,6 +9,7 @@
 //!   `/issues/{number}`, `/issues/{number}/comments`
 //! - `/repos/{owner}/{repo}/pulls` (newest first), `/pulls/{number}`,
 //!   `/pulls/{number}/files`, `/pulls/{number}/comments` (review comments)
+//! - `POST /repos/{owner}/{repo}/issues` with a `title`: a new issue
 
 use std::net::SocketAddr;
 
@@ -18,6 +19,7 @@ use serde_json::Value;
 use super::{
     Account, DEFAULT_PER_PAGE, Issue, MAX_PER_PAGE, Repo, State,
     documents::{self, IssueRef, Owner},
+    later,
 };
 
 /// What a route found: a JSON document (with the time it last changed and,
@@ -27,6 +29,11 @@ pub enum Found {
         body: Value,
         modified: u64,
         links: Option<String>,
+    },
+    /// A POST made it (201 Created): the new document and its URL.
+    Created {
+        body: Value,
+        location: String,
     },
     Error(StatusCode, &'static str),
 }
@@ -165,6 +172,50 @@ pub fn find(state: &State, addr: SocketAddr, uri: &http::Uri, token: Option<&str
             }
         }
         _ => NOT_FOUND,
+    }
+}
+
+/// A POST of `body` to `uri` by `token`: creates an issue.
+pub fn create(
+    state: &mut State,
+    addr: SocketAddr,
+    uri: &http::Uri,
+    token: Option<&str>,
+    body: &[u8],
+) -> Found {
+    let segments: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
+    let ["repos", o, r, "issues"] = segments.as_slice() else {
+        return NOT_FOUND;
+    };
+    let Some((a, i, _)) = find_repo(state, token, o, r) else {
+        return NOT_FOUND;
+    };
+    let title = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v["title"].as_str().map(str::to_owned));
+    let Some(title) = title.filter(|t| !t.is_empty()) else {
+        return Found::Error(StatusCode::UNPROCESSABLE_ENTITY, "Validation Failed");
+    };
+    let login = a.login.clone();
+    let Some(account) = token.and_then(|t| state.accounts.get_mut(t)) else {
+        return NOT_FOUND;
+    };
+    account.repos_modified = later(account.repos_modified);
+    let repo = &mut account.repos[i];
+    let number = repo.issues.len() as u64 + 1;
+    repo.issues.push(Issue {
+        number,
+        title,
+        pull: false,
+        comments: 0,
+        files: Vec::new(),
+    });
+    let (account, repo) = (&*account, &account.repos[i]);
+    let issue = repo.issues.last().expect("just pushed");
+    let api = format!("http://{addr}");
+    Found::Created {
+        body: documents::issue(&api, &owner(account), &repo.name, &issue_ref(issue)),
+        location: format!("{api}/repos/{login}/{}/issues/{number}", repo.name),
     }
 }
 
