@@ -63,7 +63,7 @@ use tokio::sync::{oneshot, watch};
 
 use self::routes::Found;
 pub use self::wire::{Answer, get, http_date, parse_http_date, request};
-use self::wire::{accepts_gzip, etag_matches, hex};
+use self::wire::{accepts_gzip, common_headers, error, etag_matches, hex};
 
 /// GitHub's default page size and its maximum.
 const DEFAULT_PER_PAGE: usize = 30;
@@ -71,7 +71,6 @@ const MAX_PER_PAGE: usize = 100;
 /// Primary rate limits per hour, as documented.
 const TOKEN_LIMIT: u64 = 5000;
 const ANONYMOUS_LIMIT: u64 = 60;
-const DOCS: &str = "https://docs.github.com/rest";
 
 /// One request the forge answered.
 #[derive(Debug, Clone)]
@@ -568,66 +567,4 @@ fn spend(state: &mut State, key: &Option<String>) -> Quota {
     let quota = state.quotas.get_mut(key).expect("created before routing");
     quota.used += 1;
     *quota
-}
-
-fn common_headers(headers: &mut HeaderMap, authenticated: bool, quota: Option<Quota>) {
-    let set = |headers: &mut HeaderMap, name: &'static str, value: String| {
-        headers.insert(
-            header::HeaderName::from_static(name),
-            HeaderValue::from_str(&value).expect("ASCII header value"),
-        );
-    };
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    headers.insert(
-        header::DATE,
-        HeaderValue::from_str(&http_date(now_secs())).expect("date"),
-    );
-    headers.append(
-        header::VARY,
-        HeaderValue::from_static(if authenticated {
-            "Accept, Authorization, Cookie, X-GitHub-OTP"
-        } else {
-            "Accept"
-        }),
-    );
-    headers.append(
-        header::VARY,
-        HeaderValue::from_static("Accept-Encoding, Accept, X-Requested-With"),
-    );
-    set(
-        headers,
-        "x-github-media-type",
-        "github.v3; format=json".into(),
-    );
-    set(
-        headers,
-        "x-github-api-version-selected",
-        "2022-11-28".into(),
-    );
-    if let Some(q) = quota {
-        set(headers, "x-ratelimit-limit", q.limit.to_string());
-        set(
-            headers,
-            "x-ratelimit-remaining",
-            q.limit.saturating_sub(q.used).to_string(),
-        );
-        set(headers, "x-ratelimit-used", q.used.to_string());
-        set(headers, "x-ratelimit-reset", q.reset.to_string());
-        set(headers, "x-ratelimit-resource", "core".into());
-    }
-}
-
-fn error(status: StatusCode, message: &str, quota: Option<Quota>) -> Response<Full<Bytes>> {
-    let body = json!({ "message": message, "documentation_url": DOCS, "status": status.as_str() });
-    let body = serde_json::to_vec(&body).expect("JSON serializes");
-    let mut response = Response::builder()
-        .status(status)
-        .header(header::CONTENT_LENGTH, body.len())
-        .body(Full::new(Bytes::from(body)))
-        .expect("valid response");
-    common_headers(response.headers_mut(), false, quota);
-    response
 }

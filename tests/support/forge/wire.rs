@@ -1,8 +1,9 @@
-//! HTTP plumbing of the GitHub stand-in: conditional and content-coding
-//! helpers, IMF-fixdates (`Date`, `Last-Modified`, `If-Modified-Since`)
-//! and [`get`], a small blocking HTTP/1.1 client for the tests that returns
-//! headers too (the agent's `raw_http` returns only status and body) and
-//! reads chunked bodies.
+//! HTTP plumbing of the GitHub stand-in: the headers of every answer and
+//! its error answers, conditional and content-coding helpers, IMF-fixdates
+//! (`Date`, `Last-Modified`, `If-Modified-Since`) and [`get`], a small
+//! blocking HTTP/1.1 client for the tests that returns headers too (the
+//! agent's `raw_http` returns only status and body) and reads chunked
+//! bodies.
 
 use std::{
     io::{Read as _, Write as _},
@@ -11,8 +12,12 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use http::{HeaderMap, HeaderValue, header};
-use serde_json::Value;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+use serde_json::{Value, json};
+
+use super::{Quota, now_secs};
 
 /// Whether `Accept-Encoding` takes gzip (not refused with `q=0`).
 pub fn accepts_gzip(headers: &HeaderMap) -> bool {
@@ -40,6 +45,73 @@ pub fn etag_matches(if_none_match: &HeaderValue, etag: &str) -> bool {
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+const DOCS: &str = "https://docs.github.com/rest";
+
+/// The headers GitHub sends on every answer: content type, date, `Vary`,
+/// media type and API version, and the caller's rate limit when known.
+pub fn common_headers(headers: &mut HeaderMap, authenticated: bool, quota: Option<Quota>) {
+    let set = |headers: &mut HeaderMap, name: &'static str, value: String| {
+        headers.insert(
+            header::HeaderName::from_static(name),
+            HeaderValue::from_str(&value).expect("ASCII header value"),
+        );
+    };
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    headers.insert(
+        header::DATE,
+        HeaderValue::from_str(&http_date(now_secs())).expect("date"),
+    );
+    headers.append(
+        header::VARY,
+        HeaderValue::from_static(if authenticated {
+            "Accept, Authorization, Cookie, X-GitHub-OTP"
+        } else {
+            "Accept"
+        }),
+    );
+    headers.append(
+        header::VARY,
+        HeaderValue::from_static("Accept-Encoding, Accept, X-Requested-With"),
+    );
+    set(
+        headers,
+        "x-github-media-type",
+        "github.v3; format=json".into(),
+    );
+    set(
+        headers,
+        "x-github-api-version-selected",
+        "2022-11-28".into(),
+    );
+    if let Some(q) = quota {
+        set(headers, "x-ratelimit-limit", q.limit.to_string());
+        set(
+            headers,
+            "x-ratelimit-remaining",
+            q.limit.saturating_sub(q.used).to_string(),
+        );
+        set(headers, "x-ratelimit-used", q.used.to_string());
+        set(headers, "x-ratelimit-reset", q.reset.to_string());
+        set(headers, "x-ratelimit-resource", "core".into());
+    }
+}
+
+/// An error answer as GitHub words it: a message and a documentation URL.
+pub fn error(status: StatusCode, message: &str, quota: Option<Quota>) -> Response<Full<Bytes>> {
+    let body = json!({ "message": message, "documentation_url": DOCS, "status": status.as_str() });
+    let body = serde_json::to_vec(&body).expect("JSON serializes");
+    let mut response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_LENGTH, body.len())
+        .body(Full::new(Bytes::from(body)))
+        .expect("valid response");
+    common_headers(response.headers_mut(), false, quota);
+    response
 }
 
 const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
