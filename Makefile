@@ -1,6 +1,8 @@
 # cluster-relay: everything a fresh machine needs goes through these targets.
-#   make demo   the hosted topology from the Helm chart on real local control planes
-#   make test   formatting, lints and every test (unit, loopback, real control planes)
+#   make demo   the hosted topology from the Helm chart on two local clusters with real nodes
+#   make test   formatting, lints (Rust, Go, shell) and every test (unit,
+#               loopback, real control planes, clusters with real nodes, real
+#               GitHub clients)
 #   make bench  side-by-side benchmarks against peers (socat, haproxy, nginx)
 #   make image  the agent's OCI image, built without a daemon; prints the archive
 #   make test-oldest  the suites that talk to Kubernetes, against 1.20.2
@@ -53,7 +55,7 @@ go-check:
 		dir=$$(dirname $$mod); \
 		unformatted=$$(cd $$dir && $(GOFMT) -l .); \
 		if [ -n "$$unformatted" ]; then echo "gofmt: $$dir: $$unformatted"; exit 1; fi; \
-		(cd $$dir && $(GO) vet ./...) || exit 1; \
+		(cd $$dir && GOFLAGS=-buildvcs=false $(GO) vet ./...) || exit 1; \
 		echo "go-check: $$dir clean"; \
 	done
 

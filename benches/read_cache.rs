@@ -16,6 +16,10 @@
 //! cache ahead of nginx in requests per second. Figures are printed, never
 //! asserted; it fails only if a configuration answered wrongly.
 //!
+//! Then the cost of what a fill adds: pointing a JSON body's upstream URLs
+//! back at the cache, timed in-process on a GitHub-like page of issues
+//! ([`rewrite`]; hits serve the stored result and never pay it).
+//!
 //! `cargo bench --bench read_cache` passes `--bench` and gets the full run
 //! (about 80 s). Without it (`cargo test --all-targets`) it makes a short
 //! smoke run of the same steps.
@@ -30,6 +34,8 @@ mod procs;
 #[path = "apiserver_relay/report.rs"]
 #[allow(dead_code)]
 mod report;
+#[path = "read_cache/rewrite.rs"]
+mod rewrite;
 #[path = "service_relay/servers.rs"]
 #[allow(dead_code)]
 mod servers;
@@ -208,6 +214,7 @@ fn run(full: bool) -> anyhow::Result<()> {
     let rows = measure::run(&cx, &configs, &params)?;
     measure::print(&rows);
     summary(&rows);
+    rewrite::print(full)?;
 
     println!();
     println!("  load average at the end: {}", load_average());

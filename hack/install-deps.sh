@@ -11,6 +11,9 @@
 #   - benchmark peers (socat, haproxy, nginx-light, iperf3, wrk) with --bench
 #   - the Helm SDK for Python with --helm
 #   - PyGithub for the read-cache ETag profile tests
+#   - the GitHub client libraries tests/read_cache_clients.rs runs: Octokit
+#     (npm ci in tests/clients/octokit) and go-github (its Go module's
+#     dependencies downloaded and built once, into Go's own caches)
 # Prints the path of the cached kube-apiserver on its last line.
 set -euo pipefail
 
@@ -101,6 +104,38 @@ if ! python3 -c 'import github' 2>/dev/null; then
     python3 -m pip install -q --break-system-packages PyGithub
 fi
 # --- end PyGithub --------------------------------------------------------------
+
+# --- GitHub client libraries (tests/read_cache_clients.rs) -------------------
+# Octokit from npm, pinned by tests/clients/octokit/package-lock.json, into
+# that directory's node_modules (git-ignored), again whenever the lock
+# changes. go-github is a Go module of its own (tests/clients/go-github):
+# its dependencies go to Go's module cache and a build warms the build cache,
+# so the test's own `go build` is quick. Node 20 and Go come with the machine
+# image (Go at /usr/local/go).
+clients="$(cd "$(dirname "$0")/.." && pwd)/tests/clients"
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  log "node and npm are not on PATH; they ship with the machine image (Node 20)"
+  exit 1
+fi
+octokit="$clients/octokit"
+# The copy of the lock npm ci installed from tells whether it changed since.
+installed="$octokit/node_modules/.cluster-relay-installed-lock.json"
+if ! cmp -s "$octokit/package-lock.json" "$installed"; then
+  log "npm ci in tests/clients/octokit"
+  (cd "$octokit" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  cp "$octokit/package-lock.json" "$installed"
+fi
+go_bin=$(command -v go || echo /usr/local/go/bin/go)
+if [ ! -x "$go_bin" ]; then
+  log "go is not on PATH nor at /usr/local/go/bin/go; it ships with the machine image"
+  exit 1
+fi
+(
+  cd "$clients/go-github"
+  GOFLAGS=-buildvcs=false "$go_bin" mod download
+  GOFLAGS=-buildvcs=false "$go_bin" build -mod=readonly -o /dev/null .
+)
+# --- end GitHub client libraries -----------------------------------------------
 
 if [ ! -x "$APISERVER" ]; then
   log "building kube-apiserver $K8S_VERSION from Debian's source package (a few minutes, once)"

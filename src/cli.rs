@@ -85,7 +85,10 @@ pub enum Command {
     /// go to the apiserver untouched; writes drop what they touch, and
     /// --watch-resource types are kept current by watches. --profile etag
     /// stands in front of ETag APIs such as GitHub's: entries per
-    /// credential, fresh for --cache-ttl, then revalidated. Every response
+    /// credential, fresh for --cache-ttl, then revalidated; the upstream's
+    /// URLs in Link, Location and JSON bodies point back at the cache as
+    /// the client reached it, so GitHub clients (PyGithub, Octokit,
+    /// go-github) can use the cache as their base URL. Every response
     /// says how it was served in its cluster-relay-cache header (fresh_hit,
     /// revalidated_hit, miss, coalesced, bypass).
     ReadCache(read_cache::Args),

@@ -1,9 +1,9 @@
 //! `agent read-cache --profile etag` in front of a GitHub-API stand-in
-//! (`support/forge.rs`), all on loopback: fresh hits within the TTL,
-//! revalidation with `If-None-Match`, changed content, partitions per
-//! credential, the upstream allow-list, `Link` rewriting, and PyGithub
-//! paging through the cache. The first tests check the stand-in itself
-//! against GitHub's documented behaviour, since the rest rely on it.
+//! (`support/forge.rs`, itself checked in `forge_stand_in.rs`), all on
+//! loopback: fresh hits within the TTL, revalidation with `If-None-Match`,
+//! changed content, partitions per credential, the upstream allow-list,
+//! `Link` and JSON body URLs pointed back at the cache (gzip included),
+//! and PyGithub paging through the cache.
 
 mod support;
 
@@ -11,7 +11,7 @@ use std::{process::Command, time::Duration};
 
 use support::{
     agent::Agent,
-    forge::{Answer, Forge, get, parse_http_date, request},
+    forge::{Answer, Forge, get, request},
     repo_path, wait_for_sync, wait_until_sync,
 };
 
@@ -25,139 +25,6 @@ const TOKEN_B: &str = "ghp_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 
 fn auth(token: &str) -> String {
     format!("token {token}")
-}
-
-#[test]
-fn stand_in_answers_conditional_requests_like_github() {
-    let forge = Forge::start().expect("forge");
-    forge.add_account(TOKEN_A, "alice", 3);
-    let a = auth(TOKEN_A);
-
-    let first = get(forge.addr(), "/user", &[("Authorization", &a)]).expect("GET /user");
-    assert_eq!(first.status, 200, "{first:?}");
-    assert_eq!(first.json()["login"], "alice");
-    let etag = first.header("etag").expect("ETag").to_owned();
-    assert!(
-        etag.starts_with('"') && etag.ends_with('"'),
-        "strong: {etag}"
-    );
-    let last_modified = first
-        .header("last-modified")
-        .expect("Last-Modified")
-        .to_owned();
-    assert!(parse_http_date(&last_modified).is_some(), "{last_modified}");
-    assert_eq!(
-        first.header("cache-control"),
-        Some("private, max-age=60, s-maxage=60")
-    );
-    assert_eq!(first.header("x-ratelimit-limit"), Some("5000"));
-    assert_eq!(first.header("x-ratelimit-used"), Some("1"));
-    assert_eq!(first.header("x-ratelimit-remaining"), Some("4999"));
-    assert_eq!(first.header("x-ratelimit-resource"), Some("core"));
-
-    // A 304 has no body and does not count against the rate limit.
-    let again = get(
-        forge.addr(),
-        "/user",
-        &[("Authorization", &a), ("If-None-Match", &etag)],
-    )
-    .expect("conditional GET");
-    assert_eq!(again.status, 304);
-    assert!(again.body.is_empty());
-    assert_eq!(again.header("x-ratelimit-used"), Some("1"));
-    let since = get(
-        forge.addr(),
-        "/user",
-        &[("Authorization", &a), ("If-Modified-Since", &last_modified)],
-    )
-    .expect("If-Modified-Since");
-    assert_eq!(since.status, 304);
-    assert_eq!(forge.used(Some(TOKEN_A)), 1);
-
-    // Changed content: a new ETag and a 200 for the old validator.
-    forge.rename(TOKEN_A, "Alice Changed");
-    let changed = get(
-        forge.addr(),
-        "/user",
-        &[("Authorization", &a), ("If-None-Match", &etag)],
-    )
-    .expect("after a change");
-    assert_eq!(changed.status, 200);
-    assert_eq!(changed.json()["name"], "Alice Changed");
-    assert_ne!(changed.header("etag"), Some(etag.as_str()));
-    assert_eq!(changed.header("x-ratelimit-used"), Some("2"));
-
-    // Bad token: 401 Bad credentials; no token on /user: 401 too.
-    let bad = get(forge.addr(), "/user", &[("Authorization", "token nope")]).expect("bad");
-    assert_eq!(bad.status, 401);
-    assert_eq!(bad.json()["message"], "Bad credentials");
-    let anonymous = get(forge.addr(), "/user", &[]).expect("anonymous");
-    assert_eq!(anonymous.status, 401);
-    assert_eq!(anonymous.header("x-ratelimit-limit"), Some("60"));
-    assert_eq!(forge.answered(), 6);
-}
-
-#[test]
-fn stand_in_paginates_with_link_headers_like_github() {
-    let forge = Forge::start().expect("forge");
-    forge.add_account(TOKEN_A, "alice", 7);
-    forge.add_account(TOKEN_B, "bob", 2);
-    let a = auth(TOKEN_A);
-    let base = forge.url();
-
-    let page1 = get(
-        forge.addr(),
-        "/user/repos?per_page=3",
-        &[("Authorization", &a)],
-    )
-    .expect("page 1");
-    assert_eq!(page1.json().as_array().map(Vec::len), Some(3));
-    assert_eq!(
-        page1.header("link"),
-        Some(
-            format!(
-                "<{base}/user/repos?per_page=3&page=2>; rel=\"next\", \
-                 <{base}/user/repos?per_page=3&page=3>; rel=\"last\""
-            )
-            .as_str()
-        )
-    );
-    let page2 = get(
-        forge.addr(),
-        "/user/repos?per_page=3&page=2",
-        &[("Authorization", &a)],
-    )
-    .expect("page 2");
-    assert_eq!(
-        page2.header("link"),
-        Some(
-            format!(
-                "<{base}/user/repos?per_page=3&page=1>; rel=\"prev\", \
-                 <{base}/user/repos?per_page=3&page=3>; rel=\"next\", \
-                 <{base}/user/repos?per_page=3&page=3>; rel=\"last\", \
-                 <{base}/user/repos?per_page=3&page=1>; rel=\"first\""
-            )
-            .as_str()
-        )
-    );
-    let page3 = get(
-        forge.addr(),
-        "/user/repos?per_page=3&page=3",
-        &[("Authorization", &a)],
-    )
-    .expect("page 3");
-    assert_eq!(page3.json().as_array().map(Vec::len), Some(1));
-    assert!(!page3.header("link").unwrap_or_default().contains("next"));
-
-    // Everything on one page: no Link at all. Each token sees its own data.
-    let bob = get(
-        forge.addr(),
-        "/user/repos",
-        &[("Authorization", &auth(TOKEN_B))],
-    )
-    .expect("bob");
-    assert!(bob.header("link").is_none());
-    assert_eq!(bob.json()[0]["owner"]["login"], "bob");
 }
 
 /// `agent read-cache --profile etag` in front of `upstreams`, on loopback.
@@ -212,7 +79,11 @@ fn ttl_hit_then_revalidated_hit_then_changed_content() {
     let miss = via(&cache, "/user", &a);
     assert_eq!((miss.status, served(&miss)), (200, "miss"), "{miss:?}");
     assert_eq!(miss.json()["name"], "alice the first");
-    let etag = miss.header("etag").expect("ETag passed on").to_owned();
+    // The body's URLs point at the cache, so it is another representation
+    // than the upstream's, with an ETag of its own.
+    let etag = miss.header("etag").expect("an ETag").to_owned();
+    let upstream_etag = forge.seen()[0].etag.clone().expect("the upstream's ETag");
+    assert_ne!(etag, upstream_etag);
     assert_eq!(miss.header("x-ratelimit-used"), Some("1"));
 
     let hit = via(&cache, "/user", &a);
@@ -254,7 +125,9 @@ fn ttl_hit_then_revalidated_hit_then_changed_content() {
     let seen = forge.seen();
     let last = seen.last().expect("the revalidation");
     assert_eq!((last.target.as_str(), last.status), ("/user", 304));
-    assert_eq!(last.if_none_match.as_deref(), Some(etag.as_str()));
+    // Revalidation asks with the upstream's validator, not the served one.
+    assert_eq!(last.if_none_match.as_deref(), Some(upstream_etag.as_str()));
+    assert_eq!(revalidated.header("etag"), Some(etag.as_str()));
     assert_eq!(seen.len(), 3, "one fill, one direct call, one revalidation");
     // The refreshed entry is fresh again.
     let again = via(&cache, "/user", &a);
@@ -276,7 +149,10 @@ fn ttl_hit_then_revalidated_hit_then_changed_content() {
     assert_eq!(served(&changed), "miss");
     assert_ne!(changed.header("etag"), Some(etag.as_str()));
     let last = forge.seen().last().cloned().expect("the refetch");
-    assert_eq!((last.status, last.if_none_match), (200, Some(etag)));
+    assert_eq!(
+        (last.status, last.if_none_match),
+        (200, Some(upstream_etag))
+    );
     assert_eq!(served(&via(&cache, "/user", &a)), "fresh_hit");
 
     // A client's own validators are answered by the cache.
@@ -426,18 +302,25 @@ fn pagination_links_point_back_at_the_cache() {
         )
     );
     // Behind a TLS-terminating proxy: its scheme and host, on a hit too.
+    // Entries are per public base (their links and bodies point at it), so
+    // the first request by this base fills one of its own.
     let mut forwarded = as_token(TOKEN_A);
     forwarded.push(("X-Forwarded-Proto", "https".into()));
     forwarded.push(("X-Forwarded-Host", "cache.example.com".into()));
-    let behind = via(&cache, "/user/repos?per_page=2", &forwarded);
-    assert_eq!(served(&behind), "fresh_hit");
-    assert!(
-        behind
-            .header("link")
-            .unwrap_or_default()
-            .starts_with("<https://cache.example.com/user/repos?per_page=2&page=2>; rel=\"next\""),
-        "{behind:?}"
-    );
+    for how in ["miss", "fresh_hit"] {
+        let behind = via(&cache, "/user/repos?per_page=2", &forwarded);
+        assert_eq!(served(&behind), how);
+        assert!(
+            behind.header("link").unwrap_or_default().starts_with(
+                "<https://cache.example.com/user/repos?per_page=2&page=2>; rel=\"next\""
+            ),
+            "{behind:?}"
+        );
+        assert_eq!(
+            behind.json()[0]["url"],
+            "https://cache.example.com/repos/alice/alice-repo-0"
+        );
+    }
     // Following next to the end through the cache.
     let mut next = Some(format!("{own}/user/repos?per_page=2"));
     let mut names = Vec::new();
@@ -461,7 +344,11 @@ fn pagination_links_point_back_at_the_cache() {
         });
     }
     assert_eq!(names.len(), 5);
-    assert_eq!(forge.answered(), 3, "three pages, each fetched once");
+    assert_eq!(
+        forge.answered(),
+        4,
+        "three pages, each fetched once, and one for the other base"
+    );
 }
 
 /// The Python interpreter PyGithub was installed for (hack/install-deps.sh
@@ -484,7 +371,7 @@ fn pygithub_pages_through_the_cache() {
     let cache = cache(&[&forge.url()], &["--cache-ttl", "1h"]);
     let run = || {
         let out = Command::new(python)
-            .arg(repo_path("tests/support/pygithub_pages.py"))
+            .arg(repo_path("tests/clients/pygithub/pages.py"))
             .args(["--base-url", &format!("http://{}", cache.addr("cache"))])
             .args(["--per-page", "3"])
             .env("PYGITHUB_TOKEN", TOKEN_A)
@@ -589,6 +476,90 @@ fn concurrent_misses_fetch_once_and_large_answers_stream_uncached() {
         assert_eq!((big.status, served(&big)), (200, "miss"));
         assert_eq!(big.json().as_array().map(Vec::len), Some(40));
         assert!(big.body.len() > 4096);
+        // Passed through untouched: the upstream's own URLs and ETag.
+        assert_eq!(
+            big.json()[0]["url"],
+            format!("{}/repos/alice/alice-repo-0", forge.url())
+        );
+        assert_eq!(
+            big.header("etag"),
+            forge.seen().last().and_then(|s| s.etag.as_deref())
+        );
     }
     assert_eq!(forge.answered(), 3);
+}
+
+#[test]
+fn json_bodies_point_back_at_the_cache_gzip_included() {
+    let forge = Forge::start().expect("forge");
+    forge.add_account(TOKEN_A, "alice", 1);
+    forge.add_issues(TOKEN_A, "alice-repo-0", 1, 1, 0, 1);
+    let cache = cache(&[&forge.url()], &["--cache-ttl", "1h"]);
+    let own = format!("http://{}", cache.addr("cache"));
+    let mut gzip = as_token(TOKEN_A);
+    gzip.push(("Accept-Encoding", "br, gzip, deflate".into()));
+
+    for (headers, coding) in [(&gzip, Some("gzip")), (&as_token(TOKEN_A), None)] {
+        let answer = via(&cache, "/repos/alice/alice-repo-0/pulls/2", headers);
+        assert_eq!((answer.status, served(&answer)), (200, "miss"));
+        // The cache asked for what it can read, and got it.
+        let fill = forge.seen().last().cloned().expect("the fill");
+        assert_eq!(
+            fill.headers
+                .get("accept-encoding")
+                .and_then(|v| v.to_str().ok()),
+            coding
+        );
+        let upstream_etag = fill.etag.expect("the upstream's ETag");
+        assert_eq!(upstream_etag.starts_with("W/"), coding.is_some());
+        // Served decoded, whole, with the cache's URLs; web URLs and the
+        // rest of the document as they were.
+        assert_eq!(answer.header("content-encoding"), None);
+        assert_eq!(
+            answer.header("content-length"),
+            Some(answer.body.len().to_string().as_str())
+        );
+        let pull = answer.json();
+        let r = format!("{own}/repos/alice/alice-repo-0");
+        assert_eq!(pull["url"], format!("{r}/pulls/2"));
+        assert_eq!(pull["issue_url"], format!("{r}/issues/2"));
+        assert_eq!(
+            pull["review_comment_url"],
+            format!("{r}/pulls/comments{{/number}}")
+        );
+        assert_eq!(pull["head"]["user"]["url"], format!("{own}/users/alice"));
+        assert_eq!(
+            pull["html_url"],
+            "https://github.com/alice/alice-repo-0/pull/2"
+        );
+        assert_eq!(pull["title"], "pull request 2 of alice-repo-0");
+        assert!(!answer.body.contains(&forge.url()), "{}", answer.body);
+        // Another representation, so another ETag, weak if the upstream's
+        // was; the client's own If-None-Match with it is the cache's to
+        // answer, on the hit that follows.
+        let etag = answer.header("etag").expect("an ETag").to_owned();
+        assert_ne!(etag, upstream_etag);
+        assert_eq!(etag.starts_with("W/"), upstream_etag.starts_with("W/"));
+        let mut conditional = headers.clone();
+        conditional.push(("If-None-Match", etag.clone()));
+        let not_modified = via(&cache, "/repos/alice/alice-repo-0/pulls/2", &conditional);
+        assert_eq!(
+            (
+                not_modified.status,
+                served(&not_modified),
+                not_modified.body.as_str()
+            ),
+            (304, "fresh_hit", "")
+        );
+        assert_eq!(not_modified.header("etag"), Some(etag.as_str()));
+        // The upstream's ETag names another representation: a 200.
+        let mut theirs = headers.clone();
+        theirs.push(("If-None-Match", upstream_etag));
+        let full = via(&cache, "/repos/alice/alice-repo-0/pulls/2", &theirs);
+        assert_eq!(
+            (full.status, full.body.as_str()),
+            (200, answer.body.as_str())
+        );
+    }
+    assert_eq!(forge.answered(), 2, "one fill per Accept-Encoding");
 }

@@ -8,28 +8,35 @@
 //! - `args`: the flags and the configuration errors they can cause.
 //! - [`upstream`]: the allow-list and the choice of an upstream per request.
 //! - the key: [`KeySpec`] over method, upstream, path, query, `Accept` and
-//!   the `--vary-header`s, partitioned by a hash of the credential.
+//!   the `--vary-header`s, partitioned by a hash of the credential and by
+//!   the public base the client reached the cache on.
 //! - [`policy`]: what is stored, for how long, how a 304 merges.
 //! - storage and eviction: the shared byte-bounded LRU [`Store`].
-//! - the lock merging misses: the shared [`Coalescer`].
-//! - [`link`]: pagination `Link` (and `Location`) pointed back at the cache.
+//! - the lock merging misses: the shared [`Coalescer`]; `fill`: the fetch
+//!   that fills or revalidates an entry.
+//! - [`link`] and [`rewrite`]: the upstream's URLs in `Link`, `Location`
+//!   and JSON bodies pointed back at the cache, so that clients following
+//!   them stay on it.
 //! - [`client`]: the upstream client, with its timeouts; `body`: bodies
 //!   buffered up to `--max-object-bytes`, streamed beyond.
 //!
-//! Other methods pass through unbuffered (a successful one drops the entries
-//! of its path), as do HEADs without a fresh entry and answers larger than
-//! `--max-object-bytes`.
+//! Other methods pass through uncached (a successful one drops the entries
+//! of its path; a JSON answer is read to point its URLs back at the cache),
+//! as do HEADs without a fresh entry; answers larger than
+//! `--max-object-bytes` stream through with only `Link` and `Location`
+//! rewritten.
 
 mod args;
 mod body;
 pub mod client;
+mod fill;
 pub mod link;
 pub mod policy;
+pub mod rewrite;
 pub mod upstream;
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
@@ -37,74 +44,20 @@ use tokio::time::Instant;
 
 pub use self::args::{ConfigError, EtagArgs};
 use self::{
-    body::{Buffered, buffer, chain},
-    client::{FetchError, UpstreamClient},
+    client::UpstreamClient,
+    fill::{Failure, Fetched, Fill},
     upstream::{AllowList, Upstream},
 };
 use super::{
     Common,
     key::{CacheKey, KeySpec},
     served::Served,
-    store::{CachedResponse, Freshness, Store},
+    store::{CachedResponse, Store},
 };
 use crate::{
     coalesce::{Coalescer, Role},
     http_server::{Body, BoxError, empty, full, text},
 };
-
-/// What a fetch for one key produced, shared with every caller that waited
-/// for it (see [`Coalescer`]).
-enum Fetched {
-    /// A whole answer in memory, stored or not (a 404 is shared with the
-    /// waiters, never stored).
-    Ready {
-        entry: Arc<CachedResponse>,
-        /// The upstream said 304 to the stored entry's validators.
-        revalidated: bool,
-    },
-    /// Larger than `--max-object-bytes`: the leader streams it to its own
-    /// client; waiters fetch theirs separately.
-    TooLarge,
-    /// The upstream failed; waiters get the same gateway error instead of
-    /// each trying a failing upstream again.
-    Failed(Failure),
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Failure {
-    Timeout,
-    Unreachable,
-    BrokenBody,
-}
-
-impl Failure {
-    fn response(self) -> Response<Body> {
-        match self {
-            Failure::Timeout => text(
-                StatusCode::GATEWAY_TIMEOUT,
-                "gateway timeout: the upstream did not answer in time\n",
-            ),
-            Failure::Unreachable => text(
-                StatusCode::BAD_GATEWAY,
-                "bad gateway: the upstream could not be reached\n",
-            ),
-            Failure::BrokenBody => text(
-                StatusCode::BAD_GATEWAY,
-                "bad gateway: the upstream's answer broke off\n",
-            ),
-        }
-    }
-}
-
-impl From<&FetchError> for Failure {
-    fn from(err: &FetchError) -> Self {
-        match err {
-            FetchError::Timeout => Failure::Timeout,
-            FetchError::Upstream(_) => Failure::Unreachable,
-            FetchError::Body(_) => Failure::BrokenBody,
-        }
-    }
-}
 
 /// The ETag profile: one per process, shared by all connections.
 pub struct EtagCache {
@@ -121,7 +74,7 @@ pub struct EtagCache {
 }
 
 /// Where a request that is not a fresh hit goes. Built only then: a hit
-/// needs neither the upstream URI nor the public base of links.
+/// needs no upstream URI.
 struct Target<'a> {
     upstream: &'a Upstream,
     uri: http::Uri,
@@ -141,7 +94,7 @@ fn no_path() -> Response<Body> {
 }
 
 /// Points `Link` and `Location` of `upstream` back at the cache as the
-/// client reached it (see [`link`]).
+/// client reached it (see [`link`]), for answers passed through.
 fn point_back(headers: &mut HeaderMap, upstream: &Upstream, request: &HeaderMap) {
     if (headers.contains_key(header::LINK) || headers.contains_key(header::LOCATION))
         && let Some(base) = link::public_base(request)
@@ -223,7 +176,10 @@ impl EtagCache {
         }
         drop(body);
 
-        let (partition, anonymous) = partition(&parts.headers);
+        // Entries are stored as served at one public base (their links and
+        // JSON URLs point at it), so the base is part of the partition.
+        let base = link::public_base(&parts.headers);
+        let (partition, anonymous) = partition(&parts.headers, base.as_deref());
         // HEAD shares GET's entries: it is answered from them when fresh.
         let key = self.spec.key(
             &Method::GET,
@@ -237,10 +193,7 @@ impl EtagCache {
             && entry.freshness.fresh_until > Instant::now()
             && !policy::request_wants_revalidation(&parts.headers)
         {
-            return (
-                self.serve(entry, &parts.headers, upstream, head),
-                Served::FreshHit,
-            );
+            return (self.serve(entry, &parts.headers, head), Served::FreshHit);
         }
         let target = match Target::for_request(upstream, &parts.uri) {
             Some(target) => target,
@@ -252,16 +205,15 @@ impl EtagCache {
 
         let mut own: Option<Response<Body>> = None;
         let slot = &mut own;
-        let fetch = || {
-            self.fetch(
-                &parts.headers,
-                &target,
-                key.clone(),
-                stored,
-                anonymous,
-                slot,
-            )
+        let fill = Fill {
+            request: &parts.headers,
+            target: &target,
+            base: base.as_deref(),
+            key: key.clone(),
+            stale: stored,
+            anonymous,
         };
+        let fetch = || self.fetch(fill, slot);
         let joined = tokio::time::timeout(
             self.wait_bound,
             self.flights.get_or_fetch(key.clone(), fetch),
@@ -280,7 +232,7 @@ impl EtagCache {
                     (true, true) => Served::RevalidatedHit,
                     (true, false) => Served::Miss,
                 };
-                (self.serve(entry, &parts.headers, upstream, false), served)
+                (self.serve(entry, &parts.headers, false), served)
             }
             Fetched::Failed(failure) => (
                 failure.response(),
@@ -299,18 +251,12 @@ impl EtagCache {
         }
     }
 
-    /// Builds the answer for `entry`: its headers with links pointed back
-    /// at the cache and an `Age`, its body (none for HEAD), or a 304 when
-    /// the client's own validators match.
-    fn serve(
-        &self,
-        entry: &CachedResponse,
-        request: &HeaderMap,
-        upstream: &Upstream,
-        head: bool,
-    ) -> Response<Body> {
+    /// Builds the answer for `entry`: its headers (stored as served, links
+    /// already pointing back at the cache) with an `Age`, its body (none
+    /// for HEAD), or a 304 when the client's own validators match the
+    /// served ones.
+    fn serve(&self, entry: &CachedResponse, request: &HeaderMap, head: bool) -> Response<Body> {
         let mut headers = entry.headers.clone();
-        point_back(&mut headers, upstream, request);
         headers.insert(
             header::AGE,
             HeaderValue::from(entry.stored_at.elapsed().as_secs()),
@@ -331,148 +277,10 @@ impl EtagCache {
         response
     }
 
-    /// The leader's fetch for `key`: conditional when a stale entry exists,
-    /// stored when the policy allows, never longer than the response
-    /// timeout. An answer too large to hold is left in `own` for the
-    /// leader to stream.
-    async fn fetch(
-        &self,
-        request: &HeaderMap,
-        target: &Target<'_>,
-        key: CacheKey,
-        stale: Option<Arc<CachedResponse>>,
-        anonymous: bool,
-        own: &mut Option<Response<Body>>,
-    ) -> Result<Arc<Fetched>, Infallible> {
-        let started = Instant::now();
-        let deadline = started + self.client.response_timeout();
-        let mut headers = self.forward_headers(request);
-        // The cache's validators, not the client's: the cache needs a whole
-        // answer it can keep, and answers the client's conditions itself.
-        headers.remove(header::IF_NONE_MATCH);
-        headers.remove(header::IF_MODIFIED_SINCE);
-        if let Some(stale) = &stale {
-            policy::add_validators(
-                &mut headers,
-                stale.freshness.etag.as_ref(),
-                stale.freshness.last_modified.as_ref(),
-            );
-        }
-        let mut upstream_request = Request::new(empty());
-        *upstream_request.uri_mut() = target.uri.clone();
-        *upstream_request.headers_mut() = headers;
-        let response = match self.client.send(upstream_request).await {
-            Ok(response) => response,
-            Err(err) => return Ok(Arc::new(Fetched::Failed(self.failed(target, &err)))),
-        };
-        let (mut parts, body) = response.into_parts();
-        policy::remove_hop_by_hop(&mut parts.headers);
-        let now = Instant::now();
-        if parts.status == StatusCode::NOT_MODIFIED
-            && let Some(stale) = stale
-        {
-            let headers = policy::merge_not_modified(&stale.headers, &parts.headers);
-            let entry = self.entry(stale.status, headers, stale.body.clone(), now, target);
-            self.store.insert(key, entry.clone());
-            return Ok(Arc::new(Fetched::Ready {
-                entry: Arc::new(entry),
-                revalidated: true,
-            }));
-        }
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let body = if declared.is_some_and(|n| n > self.max_object_bytes as u64) {
-            Buffered::TooLarge(BytesMut::new(), body)
-        } else {
-            match tokio::time::timeout_at(deadline, buffer(body, self.max_object_bytes)).await {
-                Err(_) => {
-                    return Ok(Arc::new(Fetched::Failed(
-                        self.failed(target, &FetchError::Timeout),
-                    )));
-                }
-                Ok(Err(err)) => return Ok(Arc::new(Fetched::Failed(self.failed(target, &err)))),
-                Ok(Ok(body)) => body,
-            }
-        };
-        let body = match body {
-            Buffered::Whole(body) => body,
-            Buffered::TooLarge(prefix, rest) => {
-                // What is stored under this key is superseded by an answer
-                // that will not be kept.
-                self.store.remove(&key);
-                let mut headers = parts.headers;
-                point_back(&mut headers, target.upstream, request);
-                let mut response = Response::new(chain(prefix.freeze(), rest));
-                *response.status_mut() = parts.status;
-                *response.headers_mut() = headers;
-                *own = Some(response);
-                return Ok(Arc::new(Fetched::TooLarge));
-            }
-        };
-        let mut headers = parts.headers;
-        // Recomputed from the stored body when served.
-        headers.remove(header::CONTENT_LENGTH);
-        let entry = self.entry(parts.status, headers, body, now, target);
-        match policy::not_storable(entry.status, &entry.headers, anonymous, self.spec.vary()) {
-            None => {
-                self.store.insert(key, entry.clone());
-            }
-            Some(why) => {
-                tracing::debug!(key = %key, status = entry.status.as_u16(), why, "not stored");
-                // A client error means the stored answer no longer holds
-                // (gone, or the credential lost access); a server error may
-                // pass, and the entry can still be revalidated later.
-                if entry.status.is_client_error() {
-                    self.store.remove(&key);
-                }
-            }
-        }
-        Ok(Arc::new(Fetched::Ready {
-            entry: Arc::new(entry),
-            revalidated: false,
-        }))
-    }
-
-    fn entry(
-        &self,
-        status: StatusCode,
-        headers: HeaderMap,
-        body: Bytes,
-        now: Instant,
-        target: &Target<'_>,
-    ) -> CachedResponse {
-        let fresh_until = now + policy::fresh_for(&headers, self.ttl);
-        CachedResponse {
-            status,
-            freshness: Freshness {
-                fresh_until,
-                etag: headers.get(header::ETAG).cloned(),
-                last_modified: headers.get(header::LAST_MODIFIED).cloned(),
-            },
-            headers,
-            body,
-            stored_at: now,
-            path: target.uri.path().to_owned(),
-        }
-    }
-
-    fn failed(&self, target: &Target<'_>, err: &FetchError) -> Failure {
-        // The path only: a query may carry a credential.
-        tracing::warn!(
-            upstream = target.upstream.base_url(),
-            path = target.uri.path(),
-            reason = err.reason(),
-            error = %err,
-            "upstream request failed"
-        );
-        Failure::from(err)
-    }
-
     /// The client's headers as sent upstream: hop-by-hop ones, `Host` (the
-    /// client sets it from the URI) and the upstream chooser removed.
+    /// client sets it from the URI) and the upstream chooser removed, and
+    /// `Accept-Encoding` narrowed to codings the cache can read, so that
+    /// bodies can be rewritten (the client accepts whichever comes back).
     fn forward_headers(&self, request: &HeaderMap) -> HeaderMap {
         let mut headers = request.clone();
         policy::remove_hop_by_hop(&mut headers);
@@ -480,12 +288,17 @@ impl EtagCache {
         if let Some(chooser) = self.allow.chooser() {
             headers.remove(chooser);
         }
+        match rewrite::upstream_accept_encoding(request) {
+            Some(coding) => headers.insert(header::ACCEPT_ENCODING, coding),
+            None => headers.remove(header::ACCEPT_ENCODING),
+        };
         headers
     }
 
-    /// Forwards a request uncached, streaming both ways. A successful
-    /// unsafe method drops the stored answers for its path, which it may
-    /// have changed.
+    /// Forwards a request uncached, streaming both ways (but for a JSON
+    /// answer, read whole to point its URLs back, see `passed_body`). A
+    /// successful unsafe method drops the stored answers for its path,
+    /// which it may have changed.
     async fn pass(
         &self,
         parts: http::request::Parts,
@@ -516,19 +329,45 @@ impl EtagCache {
         policy::remove_hop_by_hop(&mut parts.headers);
         point_back(&mut parts.headers, target.upstream, &request_headers);
         parts.version = http::Version::default();
-        Response::from_parts(parts, body.map_err(|err| Box::new(err) as BoxError).boxed())
+        let bodiless = method == Method::HEAD
+            || parts.status == StatusCode::NO_CONTENT
+            || parts.status == StatusCode::NOT_MODIFIED;
+        let body = if bodiless {
+            body.map_err(|err| Box::new(err) as BoxError).boxed()
+        } else {
+            let base = link::public_base(&request_headers);
+            match self
+                .passed_body(&mut parts.headers, body, target, base.as_deref())
+                .await
+            {
+                Ok(body) => body,
+                Err(failure) => return failure.response(),
+            }
+        };
+        Response::from_parts(parts, body)
     }
 }
 
-/// The cache partition of a request: every `Authorization` value (a hash
-/// of it ends up in the key, never the value itself), or the anonymous
-/// partition. The tag byte keeps "no header" apart from an empty one.
-fn partition(headers: &HeaderMap) -> (Vec<u8>, bool) {
+/// The cache partition of a request: the public base its answer is
+/// served for, then every `Authorization` value (a hash of it ends up in
+/// the key, never the value itself), or the anonymous partition. Tag bytes
+/// keep "no header" apart from an empty one, lengths keep the parts apart.
+fn partition(headers: &HeaderMap, base: Option<&str>) -> (Vec<u8>, bool) {
+    let mut partition = match base {
+        None => vec![0],
+        Some(base) => {
+            let mut p = vec![1];
+            p.extend_from_slice(&(base.len() as u64).to_be_bytes());
+            p.extend_from_slice(base.as_bytes());
+            p
+        }
+    };
     let mut values = headers.get_all(header::AUTHORIZATION).iter().peekable();
     if values.peek().is_none() {
-        return (vec![0], true);
+        partition.push(0);
+        return (partition, true);
     }
-    let mut partition = vec![1];
+    partition.push(1);
     for value in values {
         partition.extend_from_slice(&(value.len() as u64).to_be_bytes());
         partition.extend_from_slice(value.as_bytes());
@@ -584,12 +423,17 @@ mod tests {
         b.insert(header::AUTHORIZATION, HeaderValue::from_static("token b"));
         let mut empty_auth = HeaderMap::new();
         empty_auth.insert(header::AUTHORIZATION, HeaderValue::from_static(""));
-        let (pa, anon_a) = partition(&a);
-        let (pb, _) = partition(&b);
-        let (pe, anon_e) = partition(&empty_auth);
-        let (pn, anon_n) = partition(&HeaderMap::new());
+        let base = Some("http://cache:7445");
+        let (pa, anon_a) = partition(&a, base);
+        let (pb, _) = partition(&b, base);
+        let (pe, anon_e) = partition(&empty_auth, base);
+        let (pn, anon_n) = partition(&HeaderMap::new(), base);
         assert!(!anon_a && !anon_e && anon_n);
         assert_ne!(pa, pb);
         assert_ne!(pe, pn);
+        // Another public base, or none, is another partition.
+        assert_ne!(partition(&a, Some("https://cache.example.com")).0, pa);
+        assert_ne!(partition(&a, None).0, pa);
+        assert_ne!(partition(&HeaderMap::new(), None).0, pn);
     }
 }

@@ -12,7 +12,7 @@
 //!   the pod-to-host relay in `forward.rs`
 //! - [`EchoPod`], [`EchoServer`], [`WsClient`]: the echo upstream (`echo.py`)
 //!   in a pod or on loopback, `echo.rs`
-//! - [`forge::Forge`]: a stand-in for GitHub's REST API, `forge.rs`
+//! - [`forge::Forge`]: a stand-in for GitHub's REST API, `forge.rs` and `forge/`
 //! - [`TlsFiles`]: a CA and a server certificate from openssl, `tls.rs`
 //! - [`wait_until`] and friends: `wait.rs`
 //! - [`agent`]: the `agent` binary run as a process

@@ -6,8 +6,8 @@
 //!
 //! Only URLs of the upstream the request went to are rewritten; any other
 //! URL is left as it is, so nothing is made to look like it is cached that
-//! is not. Rewriting happens when a response is served, not stored, because
-//! the public base differs per request.
+//! is not. Stored answers are rewritten once, when filled (the public base
+//! is part of their key, see `fill`); answers passed through, when served.
 
 use http::{HeaderMap, HeaderValue, header, uri::Authority};
 

@@ -95,6 +95,11 @@ impl Upstream {
         &self.origin
     }
 
+    /// The host, lower-cased, without the port.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
     /// The path prefix every request path is appended to (may be empty).
     pub fn base_path(&self) -> &str {
         &self.base_path
