@@ -245,6 +245,12 @@ fn http_and_https_targets_by_port_number_and_name() {
     assert!(t.echo.port() == 8080 && t.echo_tls.port() == 8443);
 }
 
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// Peak VmRSS (KiB) of `pids` while `work` runs, sampled every 50 ms.
 fn peak_rss<T>(pids: &[u32], work: impl FnOnce() -> T) -> (T, Vec<u64>) {
     let stop = Arc::new(AtomicBool::new(false));
@@ -307,7 +313,15 @@ fn a_gibibyte_each_way_streams_with_bounded_memory() {
         let mut sent = 0u64;
         while sent < GIB {
             pattern(sent, &mut chunk);
-            stream.write_all(&chunk).expect("body");
+            if let Err(err) = stream.write_all(&chunk) {
+                // The relays or the apiserver cut the upload: say who.
+                panic!(
+                    "the upload was cut after {sent} bytes: {err}\n--- entry:\n{}\n--- exit:\n{}\n--- managed apiserver:\n{}",
+                    t.entry.logs(),
+                    t.exit.log(),
+                    tail(&shared("managed").apiserver_log(), 20)
+                );
+            }
             hasher.update(&chunk);
             sent += chunk.len() as u64;
         }
