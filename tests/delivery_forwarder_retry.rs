@@ -86,13 +86,15 @@ async fn a_delivery_still_refused_at_its_max_age_is_dead_lettered() {
     );
     ready(&forwarder).await;
     let (_, old) = forge.deliver(hook, "push", json!({"n": 0}));
-    wait_until("a dead letter", DEADLINE, || async {
+    // Counted first, then written to the cursor: wait for both.
+    wait_until("a dead letter in the cursor", DEADLINE, || async {
         metric(&forwarder, "dead_lettered") >= 1.0
+            && dir.join("cursors.json").exists()
+            && cursor_file(&dir)["dead_letters"][0]["guid"] == old.as_str()
     })
     .await
     .unwrap_or_else(|err| panic!("{err:#}\n{}", forwarder.logs()));
     let cursor = cursor_file(&dir);
-    assert_eq!(cursor["dead_letters"][0]["guid"], old.as_str());
     let reason = cursor["dead_letters"][0]["reason"].as_str().unwrap_or("");
     assert!(
         reason.contains("--retry-max-age 2s") && reason.contains("502"),
