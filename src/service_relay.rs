@@ -133,8 +133,8 @@ pub struct Args {
     pub connect_timeout: Duration,
 
     /// Give up on an upstream that has not begun its response this long
-    /// after the request went out (at the exit, after the request body
-    /// did); response bodies then stream for as long as they last.
+    /// after the request body went out (a long upload is not cut off);
+    /// response bodies then stream for as long as they last.
     #[arg(long, env = "CLUSTER_RELAY_RESPONSE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub response_timeout: Duration,
 

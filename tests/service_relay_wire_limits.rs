@@ -1,7 +1,8 @@
 //! The exit role of `agent service-relay` on the wire, part two (the setup
 //! is part one's, `service_relay_wire.rs`): interim responses and `Expect`,
 //! the body limit, malformed requests, HTTP/1.0 and closing clients,
-//! upstream failures, and the request metrics.
+//! upstream failures, and the request metrics; and the entry's response
+//! timeout, which like the exit's runs from the end of the request body.
 
 mod support;
 
@@ -261,4 +262,53 @@ fn successful_requests_are_counted() {
     }
     assert_eq!(exit.metric(requests) - requests_before, f64::from(n));
     assert_eq!(exit.metric(durations) - durations_before, f64::from(n));
+}
+
+#[test]
+fn an_upload_longer_than_the_response_timeout_is_not_cut_off_at_the_entry() {
+    // The entry's --response-timeout runs from the end of the request body,
+    // as the exit's does: a slow upload of three chunks spanning more than
+    // the timeout reaches the Service whole and gets its answer. (Counted
+    // from the head, it answered 504 and cut the upload off.)
+    let upstream = body_length_echo();
+    let resolve = format!("{SERVICE}.{SERVICE_NAMESPACE}.svc=127.0.0.1");
+    let entry = support::agent::Agent::spawn(
+        &[
+            "service-relay",
+            "--role",
+            "entry",
+            "--direct",
+            "--resolve",
+            &resolve,
+            "--response-timeout",
+            "1s",
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ],
+        &["relay"],
+    )
+    .expect("entry relay starts");
+    let mut client = Client::connect(&entry);
+    let port = upstream.port();
+    let chunk = [b'x'; 1000];
+    client.send(
+        format!(
+            "POST /api/v1/namespaces/{SERVICE_NAMESPACE}/services/{SERVICE}:{port}/proxy/upload HTTP/1.1\r\n\
+             Host: entry.example\r\nContent-Length: {}\r\n\r\n",
+            3 * chunk.len()
+        )
+        .as_bytes(),
+    );
+    for i in 0..3 {
+        if i > 0 {
+            // Not a wait for anything: the upload's pace is what is tested.
+            std::thread::sleep(std::time::Duration::from_millis(700));
+        }
+        client.send(&chunk);
+    }
+    let response = client.answer("POST");
+    assert_eq!(response.status(), 200, "{response:?}");
+    assert_eq!(response.text(), "3000");
 }

@@ -21,6 +21,7 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 use rustls::{ClientConfig, RootCertStore};
+use tokio::sync::oneshot;
 
 use super::{
     directory::Directory,
@@ -253,15 +254,25 @@ impl Upstream {
         parts.uri = to.path;
         parts.version = http::Version::HTTP_11;
         // A body without a declared length is cut off at the limit.
+        let (sent, body_sent) = oneshot::channel();
         let body = RequestBody {
             inner: Source::Client(body),
             remaining: self.max_body_bytes,
+            sent: Some(sent),
         };
         let request = Request::from_parts(parts, body);
         let exchange = self.exchange(&to.origin, request);
-        let mut response = match tokio::time::timeout(self.response_timeout, exchange).await {
-            Err(_) => return Err(ForwardError::Timeout),
-            Ok(result) => result?,
+        // The upstream's time to answer runs from the end of the request
+        // body (or from when it stopped taking it), so a long upload is not
+        // cut off halfway.
+        let timeout = self.response_timeout;
+        let deadline = async move {
+            let _ = body_sent.await;
+            tokio::time::sleep(timeout).await;
+        };
+        let mut response = tokio::select! {
+            result = exchange => result?,
+            () = deadline => return Err(ForwardError::Timeout),
         };
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
@@ -444,6 +455,8 @@ impl KubeconfigUpstream {
 pub struct RequestBody {
     inner: Source,
     remaining: Option<u64>,
+    /// Told (or dropped) once the body has ended.
+    sent: Option<oneshot::Sender<()>>,
 }
 
 enum Source {
@@ -458,6 +471,13 @@ impl RequestBody {
         Self {
             inner: Source::Whole(Some(bytes).filter(|b| !b.is_empty())),
             remaining: None,
+            sent: None,
+        }
+    }
+
+    fn ended(&mut self) {
+        if let Some(sent) = self.sent.take() {
+            let _ = sent.send(());
         }
     }
 }
@@ -480,7 +500,7 @@ impl hyper::body::Body for RequestBody {
             Source::Whole(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Source::Client(inner) => inner,
         };
-        match ready!(Pin::new(inner).poll_frame(cx)) {
+        match ready!(Pin::new(&mut *inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let (Some(remaining), Some(data)) = (this.remaining.as_mut(), frame.data_ref()) {
                     let length = data.len() as u64;
@@ -489,10 +509,16 @@ impl hyper::body::Body for RequestBody {
                     }
                     *remaining -= length;
                 }
+                if inner.is_end_stream() {
+                    this.ended();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(err)) => Poll::Ready(Some(Err(Box::new(err)))),
-            None => Poll::Ready(None),
+            None => {
+                this.ended();
+                Poll::Ready(None)
+            }
         }
     }
 
