@@ -170,6 +170,9 @@ prepare() {
   local ns="crn-$name"
   [ ! -e "/run/netns/$ns" ] || die "network namespace $ns exists: $0 down the cluster that made it"
   make_node_netns "$ns" "$node_ip" "$base" "$index"
+  # From here on the namespace (and the cgroup named alike) is this
+  # directory's to remove, even if `up` dies before writing env.
+  echo "$ns" >"$dir/netns"
   exec 9>&-
 
   umask 077
@@ -481,10 +484,15 @@ cmd_down() {
   dir=$(cd "$dir" && pwd)
   if [ -f "$dir/env" ]; then
     load_env "$dir"
+  elif [ -f "$dir/netns" ]; then
+    # Killed before `up` wrote env, after it made the node.
+    NETNS=$(cat "$dir/netns") DIR=$dir
+    NAME=${NETNS#crn-}
   else
-    # Killed before `up` wrote env: the directory is named after the cluster.
-    NAME=$(basename "$dir") DIR=$dir
-    NETNS=crn-$NAME
+    # Nothing made yet, or `up` refused (another cluster of that name
+    # runs): nothing here is this directory's but the directory.
+    rm -rf "$dir"
+    return 0
   fi
   # etcd gets a SIGTERM to close its data; everything else is killed.
   if pid=$(cat "$DIR/etcd.pid" 2>/dev/null); then kill -TERM "$pid" 2>/dev/null || true; fi
