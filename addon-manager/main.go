@@ -111,20 +111,24 @@ func build(kube kubernetes.Interface, addons addonclient.Interface, clusters clu
 		BuildHelmAgentAddon()
 }
 
-// installNamespace is the AddOnDeploymentConfig's agentInstallNamespace;
-// without one, in hosted mode, the hosted klusterlet's namespace on the
-// hosting cluster, which holds the managed cluster's kubeconfig.
+// installNamespace is the AddOnDeploymentConfig's agentInstallNamespace.
+// In hosted mode, when that is empty or the default (the AddOnDeploymentConfig
+// CRD defaults it to open-cluster-management-agent-addon, one namespace for
+// every managed cluster a hosting cluster hosts), it is the hosted
+// klusterlet's namespace on the hosting cluster, klusterlet-<cluster>,
+// which holds the managed cluster's kubeconfig.
 func installNamespace(configs utils.AddOnDeploymentConfigGetter) func(*addonv1alpha1.ManagedClusterAddOn) (string, error) {
 	fromConfig := utils.AgentInstallNamespaceFromDeploymentConfigFunc(configs)
 	return func(addon *addonv1alpha1.ManagedClusterAddOn) (string, error) {
 		ns, err := fromConfig(addon)
-		if err != nil || ns != "" {
-			return ns, err
+		if err != nil {
+			return "", err
 		}
-		if addon.Annotations[addonv1alpha1.HostingClusterNameAnnotationKey] != "" {
+		hosted := addon.Annotations[addonv1alpha1.HostingClusterNameAnnotationKey] != ""
+		if hosted && (ns == "" || ns == addonfactory.AddonDefaultInstallNamespace) {
 			return fmt.Sprintf("klusterlet-%s", addon.Namespace), nil
 		}
-		return "", nil
+		return ns, nil
 	}
 }
 

@@ -117,6 +117,29 @@ func TestHostedRenderPlacesEveryManifest(t *testing.T) {
 	}
 }
 
+func TestTheDefaultInstallNamespaceIsPerClusterInHostedMode(t *testing.T) {
+	// The AddOnDeploymentConfig CRD defaults agentInstallNamespace to the
+	// namespace every add-on shares; a hosting cluster hosts many clusters.
+	config := &addonv1alpha1.AddOnDeploymentConfig{
+		ObjectMeta: metav1.ObjectMeta{Name: "defaulted", Namespace: "c1"},
+		Spec:       addonv1alpha1.AddOnDeploymentConfigSpec{AgentInstallNamespace: "open-cluster-management-agent-addon"},
+	}
+	for _, d := range deployments(render(t, config)) {
+		if d.Annotations[location] == "hosting" && d.Namespace != "klusterlet-c1" {
+			t.Errorf("%s in %s on the hosting cluster, want klusterlet-c1", d.Name, d.Namespace)
+		}
+	}
+	named := &addonv1alpha1.AddOnDeploymentConfig{
+		ObjectMeta: metav1.ObjectMeta{Name: "named", Namespace: "c1"},
+		Spec:       addonv1alpha1.AddOnDeploymentConfigSpec{AgentInstallNamespace: "relay-c1"},
+	}
+	for _, d := range deployments(render(t, named)) {
+		if d.Annotations[location] == "hosting" && d.Namespace != "relay-c1" {
+			t.Errorf("%s in %s on the hosting cluster, want the configured relay-c1", d.Name, d.Namespace)
+		}
+	}
+}
+
 func TestNoLeaseIsRendered(t *testing.T) {
 	// The work agent would reset a rendered Lease on every resync.
 	for _, o := range render(t, nil) {
