@@ -15,8 +15,8 @@
 //     hosted klusterlet keeps external-managed-kubeconfig;
 //   - registration: the agent gets a hub kubeconfig (<addon>-hub-kubeconfig)
 //     allowed to report conditions on its own ManagedClusterAddOn;
-//   - health: the hosting work's Deployments (WorkloadAvailability), which
-//     in hosted mode the framework reads from the hosting cluster's works.
+//   - health: every Deployment of the hosting work available (see
+//     hostingDeploymentsProber).
 package main
 
 import (
@@ -40,6 +40,7 @@ import (
 	addonv1alpha1 "open-cluster-management.io/api/addon/v1alpha1"
 	addonclient "open-cluster-management.io/api/client/addon/clientset/versioned"
 	clusterclient "open-cluster-management.io/api/client/cluster/clientset/versioned"
+	workv1 "open-cluster-management.io/api/work/v1"
 )
 
 const addonName = "cluster-relay"
@@ -107,7 +108,7 @@ func build(kube kubernetes.Interface, addons addonclient.Interface, clusters clu
 		).
 		WithAgentInstallNamespace(installNamespace(configs)).
 		WithAgentRegistrationOption(registration(kube, configs)).
-		WithAgentHealthProber(&agent.HealthProber{Type: agent.HealthProberTypeWorkloadAvailability}).
+		WithAgentHealthProber(hostingDeploymentsProber()).
 		BuildHelmAgentAddon()
 }
 
@@ -174,4 +175,24 @@ func customizedVariables(config addonv1alpha1.AddOnDeploymentConfig) (addonfacto
 		values = addonfactory.MergeValues(values, nested)
 	}
 	return values, nil
+}
+
+// hostingDeploymentsProber: the add-on is Available when every Deployment in
+// its works is. In hosted mode the framework reads only the hosting
+// cluster's works; its WorkloadAvailability prober would also wait for the
+// exit relay's Deployment, rendered for the managed cluster, whose feedback
+// is never there ("readyReplica is not probed"). Wildcards match every
+// Deployment of the works the framework reads.
+func hostingDeploymentsProber() *agent.HealthProber {
+	return &agent.HealthProber{
+		Type: agent.HealthProberTypeWork,
+		WorkProber: &agent.WorkHealthProber{
+			ProbeFields: []agent.ProbeField{{
+				ResourceIdentifier: workv1.ResourceIdentifier{
+					Group: "apps", Resource: "deployments", Namespace: "*", Name: "*"},
+				ProbeRules: []workv1.FeedbackRule{{Type: workv1.WellKnownStatusType}},
+			}},
+			HealthChecker: utils.WorkloadAvailabilityHealthChecker,
+		},
+	}
 }
