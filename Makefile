@@ -5,11 +5,16 @@
 #               GitHub clients)
 #   make bench  side-by-side benchmarks against peers (socat, haproxy, nginx)
 #   make image  the agent's OCI image, built without a daemon; prints the archive
+#   make addon-manager  the hub's add-on manager (Go, addon-manager/), static
+#   make go-check  gofmt, go vet and go test of every Go module (in make test)
+#   make ocm    OCM's hub controllers and klusterlet agent (hack/build-ocm.sh)
+#   make e2e    the add-on deployed by OCM in hosted mode (tests/e2e_ocm.rs)
 #   make test-oldest  the suites that talk to Kubernetes, against 1.20.2
 # hack/install-deps.sh installs system packages and builds kube-apiserver
 # 1.20.2 (the oldest supported); hack/build-kubernetes.sh builds the current
-# release. Both cache outside the checkout (CLUSTER_RELAY_CACHE, default
-# /var/cache/cluster-relay), keyed by version.
+# release; hack/build-ocm.sh builds Open Cluster Management. They cache
+# outside the checkout (CLUSTER_RELAY_CACHE, default /var/cache/cluster-relay),
+# keyed by version.
 
 CARGO ?= cargo
 CACHE := $(or $(CLUSTER_RELAY_CACHE),/var/cache/cluster-relay)
@@ -17,12 +22,18 @@ CACHE := $(or $(CLUSTER_RELAY_CACHE),/var/cache/cluster-relay)
 export KUBE_VERSION ?= 1.37.2
 export KUBE_BIN ?= $(CACHE)/kubernetes-$(KUBE_VERSION)-r1
 OLDEST_APISERVER := $(CACHE)/kube-apiserver-1.20.2-r1
+# The newest OCM release whose module the Go proxy serves (hack/build-ocm.sh).
+export OCM_VERSION ?= 1.2.1
+export OCM_DIR ?= $(CACHE)/ocm-$(OCM_VERSION)-r1
+GO := PATH=/usr/local/go/bin:$$PATH GOTOOLCHAIN=local GONOSUMDB=open-cluster-management.io \
+	GOFLAGS=-buildvcs=false go
+GOFMT := $(or $(wildcard /usr/local/go/bin/gofmt),gofmt)
 # What talks to a kube-apiserver, run again against the oldest supported one.
 OLDEST_SUITES := apiserver_relay apiserver_relay_tcp provisioner service_relay \
 	service_relay_exit read_cache chart
 
 .PHONY: all deps deps-bench build release fmt-check lint go-check sh-check unit test \
-	test-oldest images image demo bench clean
+	test-oldest images image addon-manager ocm e2e demo bench clean
 
 all: build
 
@@ -46,16 +57,17 @@ fmt-check:
 lint: go-check sh-check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-# Every Go module of the repository (each directory with a go.mod) is
-# gofmt-clean and go vet-clean.
-GO ?= $(or $(wildcard /usr/local/go/bin/go),go)
-GOFMT ?= $(or $(wildcard /usr/local/go/bin/gofmt),gofmt)
+# Every Go module of the repository (each directory with a go.mod: the
+# add-on manager, the e2e's echo image, the go-github client) is
+# gofmt-clean and go vet-clean, and its tests pass (the add-on manager's
+# render the chart through the add-on framework itself).
 go-check:
+	bash hack/sync-chart.sh
 	@for mod in $$(git ls-files '*go.mod'); do \
 		dir=$$(dirname $$mod); \
 		unformatted=$$(cd $$dir && $(GOFMT) -l .); \
 		if [ -n "$$unformatted" ]; then echo "gofmt: $$dir: $$unformatted"; exit 1; fi; \
-		(cd $$dir && GOFLAGS=-buildvcs=false $(GO) vet ./...) || exit 1; \
+		(cd $$dir && $(GO) vet ./... && $(GO) test ./...) || exit 1; \
 		echo "go-check: $$dir clean"; \
 	done
 
@@ -83,6 +95,19 @@ images: deps
 	bash hack/build-image.sh pause
 	bash hack/build-image.sh echo
 	bash hack/build-image.sh agent
+
+addon-manager:
+	bash hack/build-addon-manager.sh
+
+ocm:
+	bash hack/build-ocm.sh $(OCM_VERSION)
+
+# The add-on deployed by OCM's own controllers in hosted mode
+# (tests/e2e_ocm.rs). Not yet part of make test: it does not pass yet
+# (see the test's doc comment), so it is #[ignore]d there.
+e2e: deps ocm images
+	bash hack/build-image.sh addon-manager
+	$(CARGO) test --locked --test e2e_ocm -- --ignored --nocapture
 
 image: deps
 	bash hack/build-image.sh agent

@@ -9,6 +9,11 @@
 #                          image localhost/cluster-relay/agent:dev (AGENT_IMAGE).
 #   build-image.sh echo    the e2e's echo Service (tests/images/echo, Go, static),
 #                          image localhost/cluster-relay/echo:dev (ECHO_IMAGE).
+#   build-image.sh addon-manager  the hub's add-on manager (addon-manager/, Go,
+#                          static, the chart embedded), then
+#                          addon-manager/Dockerfile. Image
+#                          localhost/cluster-relay/addon-manager:dev
+#                          (ADDON_MANAGER_IMAGE).
 #   build-image.sh pause   the pod sandbox image: Kubernetes' own pause.c from
 #                          the k8s.io/kubernetes module, gcc -static, then
 #                          hack/images/pause.Dockerfile. Image
@@ -25,6 +30,7 @@ KUBE_VERSION=${KUBE_VERSION:-1.37.2}
 AGENT_IMAGE=${AGENT_IMAGE:-localhost/cluster-relay/agent:dev}
 PAUSE_IMAGE=${PAUSE_IMAGE:-localhost/cluster-relay/pause:$KUBE_VERSION}
 ECHO_IMAGE=${ECHO_IMAGE:-localhost/cluster-relay/echo:dev}
+ADDON_MANAGER_IMAGE=${ADDON_MANAGER_IMAGE:-localhost/cluster-relay/addon-manager:dev}
 TARGET=x86_64-unknown-linux-musl
 
 log() { printf 'build-image: %s\n' "$*" >&2; }
@@ -74,7 +80,7 @@ agent() {
   # musl's libc is linked in: the binary needs nothing from the image, which
   # has nothing.
   CC_x86_64_unknown_linux_musl=musl-gcc cargo build --locked --release --target "$TARGET" --bin agent >&2
-  binary_image agent "target/$TARGET/release/agent" "$AGENT_IMAGE" Dockerfile
+  binary_image agent "${CARGO_TARGET_DIR:-target}/$TARGET/release/agent" "$AGENT_IMAGE" Dockerfile
 }
 
 echo_image() {
@@ -83,6 +89,15 @@ echo_image() {
   log "go build tests/images/echo (static)"
   (cd tests/images/echo && CGO_ENABLED=0 PATH=/usr/local/go/bin:$PATH go build -trimpath -o "$out/echo" .)
   binary_image echo "$out/echo" "$ECHO_IMAGE" tests/images/echo/Dockerfile
+  rm -rf "$out"
+}
+
+addon_manager() {
+  local out
+  out=$(mktemp -d)
+  log "go build addon-manager (static, chart embedded)"
+  bash hack/build-addon-manager.sh "$out/addon-manager" >&2
+  binary_image addon-manager "$out/addon-manager" "$ADDON_MANAGER_IMAGE" addon-manager/Dockerfile
   rm -rf "$out"
 }
 
@@ -116,5 +131,6 @@ case "${1:-}" in
   agent) agent ;;
   echo) echo_image ;;
   pause) pause ;;
+  addon-manager) addon_manager ;;
   *) grep '^#   build-image.sh' "$0" | cut -c3- >&2; exit 2 ;;
 esac

@@ -235,6 +235,50 @@ pub async fn seize(
     }
 }
 
+/// Makes ServiceAccount `owner` (in the Lease's namespace) an owner of the
+/// Lease, so that the garbage collector deletes the Lease with it. For a
+/// Lease nothing renders: the provisioner's, which the cleanup seizes and
+/// leaves held. Idempotent; retries conflicts with renewals.
+pub async fn own_by_service_account(
+    client: kube::Client,
+    config: &LeaderConfig,
+    owner: &str,
+) -> Result<(), kube::Error> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use kube::api::{Api, PostParams};
+
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &config.namespace);
+    let account = accounts.get(owner).await?;
+    let uid = account.metadata.uid.unwrap_or_default();
+    let api: Api<Lease> = Api::namespaced(client, &config.namespace);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let mut lease = api.get(&config.lease_name).await?;
+        let refs = lease.metadata.owner_references.get_or_insert_with(Vec::new);
+        if refs.iter().any(|r| r.uid == uid) {
+            return Ok(());
+        }
+        refs.push(OwnerReference {
+            api_version: "v1".into(),
+            kind: "ServiceAccount".into(),
+            name: owner.into(),
+            uid: uid.clone(),
+            ..OwnerReference::default()
+        });
+        match api
+            .replace(&config.lease_name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(status)) if status.is_conflict() && tries < 10 => continue,
+            Err(err) => return Err(err),
+        }
+    }
+}
+
 /// Gives up a Lease taken with [`seize`], if it still names
 /// `config.identity`, so that a replica takes over at once rather than after
 /// the hold. Returns whether it was still held.

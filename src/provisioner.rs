@@ -132,6 +132,19 @@ pub struct Args {
     #[arg(long, env = "CLUSTER_RELAY_CLEANUP")]
     pub cleanup: bool,
 
+    /// With --cleanup: retry failures for this long, then log what is left
+    /// and exit 0. A pre-delete Job that fails blocks the add-on's deletion
+    /// until someone intervenes; one that gives up does not. Default: exit
+    /// non-zero on the first failure.
+    #[arg(long, env = "CLUSTER_RELAY_CLEANUP_GIVE_UP_AFTER", value_parser = humantime::parse_duration, requires = "cleanup")]
+    pub cleanup_give_up_after: Option<Duration>,
+
+    /// With --cleanup and --leader-elect: the ServiceAccount (in
+    /// --namespace) to make the owner of the seized Lease, so that the
+    /// Lease goes when the add-on's objects go (nothing renders it).
+    #[arg(long, env = "CLUSTER_RELAY_CLEANUP_LEASE_OWNER", requires = "cleanup")]
+    pub cleanup_lease_owner: Option<String>,
+
     #[command(flatten)]
     pub hub: HubArgs,
 
@@ -302,7 +315,12 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
         .map_err(|err| anyhow::anyhow!("{err}"))?;
     let hosting = args.kube.client().await?;
     if args.cleanup {
-        return cleanup(&config, hosting, lease).await;
+        let plan = CleanupPlan {
+            lease,
+            lease_owner: args.cleanup_lease_owner.clone(),
+            give_up_after: args.cleanup_give_up_after,
+        };
+        return cleanup_until(&config, hosting, plan).await;
     }
     let hub = match &args.hub.hub_kubeconfig {
         Some(path) => {
@@ -364,21 +382,69 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
 /// Deployment after the pre-delete Job.
 const CLEANUP_LEASE_HOLD: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// What `--cleanup` does besides removing: the Lease to seize and its
+/// owner, and how long to retry.
+struct CleanupPlan {
+    lease: Option<crate::leader::LeaderConfig>,
+    lease_owner: Option<String>,
+    give_up_after: Option<Duration>,
+}
+
+/// Longest pause between two cleanup attempts.
+const CLEANUP_MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// `--cleanup`, retried until `give_up_after` (if set), after which the
+/// failure is logged and the run succeeds: the framework waits for the Job
+/// to complete before it deletes the add-on, and a failed Job never does.
+async fn cleanup_until(
+    config: &Config,
+    hosting: kube::Client,
+    mut plan: CleanupPlan,
+) -> anyhow::Result<()> {
+    let deadline = plan
+        .give_up_after
+        .map(|after| tokio::time::Instant::now() + after);
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let err = match cleanup(config, hosting.clone(), &mut plan).await {
+            Ok(()) => return Ok(()),
+            Err(err) => err,
+        };
+        let Some(deadline) = deadline else {
+            return Err(err);
+        };
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            tracing::error!(
+                error = %format!("{err:#}"),
+                service_account = %config.identity.name,
+                namespace = %config.identity.namespace,
+                "cleanup gave up: what it could not remove stays (the relay identity and its RBAC on the managed cluster); exiting 0 so that the add-on's deletion goes on"
+            );
+            return Ok(());
+        }
+        tracing::warn!(error = %format!("{err:#}"), retry_in = %humantime::format_duration(backoff), "cleanup failed; retrying");
+        tokio::time::sleep(backoff.min(deadline - now)).await;
+        backoff = (backoff * 2).min(CLEANUP_MAX_BACKOFF);
+    }
+}
+
 /// `--cleanup`: the target Secret on the hosting cluster, then what was made
 /// on the managed cluster (through the source kubeconfig).
 ///
 /// The pre-delete Job runs while the provisioner still does, which would
 /// write everything again. With leader election the cleanup first seizes
 /// the Lease for [`CLEANUP_LEASE_HOLD`] and waits out the renew deadline,
-/// after which no replica writes. The Lease stays, held: it goes with the
-/// chart's manifests (the chart renders it).
+/// after which no replica writes. The Lease stays, held; with
+/// `--cleanup-lease-owner` it is owned by the provisioner's ServiceAccount
+/// and goes with it. Seizing happens once (`plan.lease` is taken).
 async fn cleanup(
     config: &Config,
     hosting: kube::Client,
-    lease: Option<crate::leader::LeaderConfig>,
+    plan: &mut CleanupPlan,
 ) -> anyhow::Result<()> {
-    if let Some(lease) = lease {
-        crate::leader::seize(hosting.clone(), &lease, CLEANUP_LEASE_HOLD)
+    if let Some(lease) = plan.lease.as_ref() {
+        crate::leader::seize(hosting.clone(), lease, CLEANUP_LEASE_HOLD)
             .await
             .map_err(|err| {
                 anyhow::anyhow!(
@@ -387,6 +453,16 @@ async fn cleanup(
                     lease.lease_name
                 )
             })?;
+        if let Some(owner) = &plan.lease_owner {
+            crate::leader::own_by_service_account(hosting.clone(), lease, owner)
+                .await
+                .map_err(|err| {
+                    anyhow::anyhow!(
+                        "making ServiceAccount {owner} the owner of the Lease {}: {err}",
+                        lease.lease_name
+                    )
+                })?;
+        }
         let wait = lease.timings.renew_deadline();
         tracing::info!(
             lease = %lease.lease_name,
@@ -396,6 +472,7 @@ async fn cleanup(
         // A lease protocol's fence: a leader that has not renewed within
         // its renew deadline has stopped writing.
         tokio::time::sleep(wait).await;
+        plan.lease = None;
     }
     let secrets: Api<Secret> = Api::namespaced(hosting, &config.namespace);
     let removed_target = match secrets

@@ -317,11 +317,102 @@ fn the_schema_and_the_templates_refuse_what_cannot_work() {
             json!({"webhookFanout": {"backends": ["ftp://x"]}}),
             "webhookFanout",
         ),
+        // Customized variables are strings: numbers as decimal strings only.
+        (json!({"adminPort": "ninety"}), "adminPort"),
+        (
+            json!({"hostingClusterName": "hosting"}),
+            "hostingClusterName",
+        ),
+        (
+            json!({"cleanup": {"giveUpAfterSeconds": 280}}),
+            "activeDeadlineSeconds must exceed",
+        ),
     ] {
         let err = chart::render(&[chart_file("ci/hosted-values.yaml")], &set, "x")
             .expect_err(&format!("{set} renders"));
         assert!(format!("{err:#}").contains(says), "{set}: {err:#}");
     }
+}
+
+/// What OCM's add-on framework would break (OCM.md) is fixed: the shared
+/// add-on namespace survives the add-on, no Lease is rendered for the work
+/// agent to reset, the pre-delete Job can be re-applied (manual selector)
+/// and gives up rather than fail, and the values the add-on manager passes
+/// (strings for customized variables, top-level tolerations, the image
+/// override) are accepted and used.
+#[test]
+fn what_the_add_on_framework_does_to_the_chart_is_handled() {
+    let objects = hosted(Value::Null);
+    let ns = find(&objects, "Namespace", "open-cluster-management-agent-addon");
+    assert_eq!(
+        ns.annotation("addon.open-cluster-management.io/deletion-orphan"),
+        Some(""),
+        "the klusterlet's namespace for all add-ons must outlive this one"
+    );
+    assert!(
+        !objects.iter().any(|o| o.kind() == "Lease"),
+        "a rendered Lease is reset by the work agent on every resync"
+    );
+    let job = objects.iter().find(|o| o.kind() == "Job").expect("the Job");
+    let spec = &job.object["spec"];
+    assert_eq!(spec["manualSelector"], true);
+    let template_labels = &spec["template"]["metadata"]["labels"];
+    for (key, value) in spec["selector"]["matchLabels"]
+        .as_object()
+        .expect("an explicit selector")
+    {
+        assert_eq!(&template_labels[key], value, "selector {key}");
+    }
+    let args = args_of(job.containers()[0]);
+    assert!(
+        args.contains(&"--cleanup-give-up-after=180s".to_owned()),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&"--cleanup-lease-owner=cluster-relay-provisioner".to_owned()),
+        "{args:?}"
+    );
+    // The framework's builtin addonInstallNamespace is the hosting side's
+    // namespace in hosted mode; the managed side has its own.
+    let moved = hosted(
+        json!({"addonInstallNamespace": "relay-c1", "adminPort": "9191",
+        "shutdownGracePeriodSeconds": "40", "logLevel": "debug"}),
+    );
+    for workload in moved.iter().filter(|o| o.kind() == "Deployment") {
+        let id = workload.id();
+        if workload.location == "hosting" {
+            assert_eq!(workload.namespace(), Some("relay-c1"), "{id}");
+        } else {
+            assert_eq!(
+                workload.namespace(),
+                Some("open-cluster-management-agent-addon"),
+                "{id}"
+            );
+        }
+        let pod = &workload.object["spec"]["template"]["spec"];
+        assert_eq!(pod["terminationGracePeriodSeconds"], 50, "{id}");
+        assert_eq!(pod["tolerations"][0]["key"], "dedicated", "{id}");
+        let container = workload.containers()[0];
+        assert_eq!(container["image"], "cluster-relay/agent:latest", "{id}");
+        let admin = container["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == "admin");
+        assert_eq!(
+            admin.map(|p| &p["containerPort"]),
+            Some(&json!(9191)),
+            "{id}"
+        );
+        let args = args_of(container);
+        assert!(args.contains(&"--log-level=debug".to_owned()), "{id}");
+    }
+    let provisioner = find(&moved, "Deployment", "cluster-relay-provisioner");
+    assert_eq!(
+        provisioner.object["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"],
+        "cluster-relay-hub-kubeconfig",
+        "the framework's hub kubeconfig Secret reports to the hub"
+    );
 }
 
 /// The webhook fan-out is a hub component: rendered only with manifests=hub
@@ -548,8 +639,9 @@ fn the_chart_rbac_grants_what_each_component_needs_and_no_more() {
     let (hosting, managed) = (shared("hosting"), shared("managed"));
     let objects = render(
         &[chart_file("ci/hosted-values.yaml")],
-        json!({"clusterName": "rbac", "addonInstallNamespace": "rbac-addon"}),
-        "rbac-addon",
+        json!({"clusterName": "rbac", "addonInstallNamespace": "klusterlet-rbac",
+            "managedNamespace": "rbac-addon"}),
+        "klusterlet-rbac",
     );
     hosting
         .ensure_namespace("klusterlet-rbac")
@@ -567,8 +659,14 @@ fn the_chart_rbac_grants_what_each_component_needs_and_no_more() {
         (&["delete", "secret/cluster-relay-managed-kubeconfig"], true),
         (&["get", "secret/some-other-secret"], false),
         (&["list", "secrets"], false),
-        (&["create", "leases"], false),
+        // The chart renders no Lease (the work agent would reset it): the
+        // provisioner creates its own.
+        (&["create", "leases"], true),
         (&["update", "lease/cluster-relay-provisioner"], true),
+        (&["delete", "lease/cluster-relay-provisioner"], false),
+        // The cleanup names its ServiceAccount the Lease's owner.
+        (&["get", "serviceaccount/cluster-relay-provisioner"], true),
+        (&["get", "serviceaccount/cluster-relay-read-cache"], false),
         (&["update", "lease/someone-elses"], false),
         (&["create", "configmaps"], false),
     ] {

@@ -2,22 +2,25 @@
 # The hosted topology on real clusters, for users with a container engine.
 # NOT RUN on the project's machines (no container engine there); CI runs the
 # local-process e2e instead (tests/e2e_local.rs). Needs docker, kind,
-# clusteradm, helm and kubectl.
+# clusteradm, go and kubectl.
 #
 #   e2e/kind/run.sh up       kind clusters hub, hosting and managed; Open Cluster
 #                            Management on hub; hosting joined normally, managed
 #                            joined in hosted mode (its klusterlet on hosting)
-#   e2e/kind/run.sh install  build and load the image, install the chart
+#   e2e/kind/run.sh install  build and load the images; on the hub, the add-on
+#                            manager (addon-manager/deploy/); enable the
+#                            add-on for c1, hosted by hosting
 #   e2e/kind/run.sh check    the e2e's checks: kubectl through the apiserver
 #                            relay, a managed Service through the service relay
-#   e2e/kind/run.sh down     uninstall (runs the cleanup hook), delete the clusters
+#   e2e/kind/run.sh down     delete the ManagedClusterAddOn (runs the pre-delete
+#                            Job), check nothing is left, delete the clusters
 #   e2e/kind/run.sh all      up, install, check, down
 #
-# There is no hub-side add-on manager in this repository yet, so `install`
-# installs the chart with plain Helm: the hosting half into the hosted
-# klusterlet's namespace (klusterlet-c1, which holds external-managed-kubeconfig)
-# and the managed half on the managed cluster, exactly the manifests the
-# add-on framework would place there.
+# `install` runs the README's commands ("Helm chart", "With Open Cluster
+# Management"), as tests/e2e_ocm.rs does against OCM's controllers run as
+# processes: the framework places the hosting half in klusterlet-c1 (which
+# holds external-managed-kubeconfig) and the managed half in
+# open-cluster-management-agent-addon.
 set -euo pipefail
 
 PORT=
@@ -27,8 +30,9 @@ ROOT=$(cd "$HERE/../.." && pwd)
 WORK=${WORK:-/tmp/cluster-relay-kind}
 CLUSTER=c1
 IMAGE=cluster-relay/agent:e2e
+MANAGER_IMAGE=cluster-relay/addon-manager:e2e
 HOSTING_NS=klusterlet-$CLUSTER
-MANAGED_NS=cluster-relay
+MANAGED_NS=open-cluster-management-agent-addon
 
 log() { printf '\n== %s\n' "$*"; }
 ctx() { printf 'kind-%s' "$1"; }
@@ -57,18 +61,42 @@ up() {
 }
 
 install() {
-  log "image $IMAGE"
+  log "images $IMAGE and $MANAGER_IMAGE"
   docker build -t "$IMAGE" "$ROOT"
   kind load docker-image "$IMAGE" --name hosting
   kind load docker-image "$IMAGE" --name managed
-  local common=(--set clusterName="$CLUSTER" --set addonInstallNamespace="$MANAGED_NS"
-    --set image.repository="${IMAGE%:*}" --set image.tag="${IMAGE#*:}" --set image.pullPolicy=Never
-    --set provisioner.tokenExpiration=10m --set provisioner.refreshBefore=9m50s)
-  log "managed half on managed, hosting half on hosting"
-  helm --kube-context "$(ctx managed)" upgrade --install cluster-relay "$ROOT/charts/cluster-relay" \
-    -n "$MANAGED_NS" --create-namespace --set manifests=managed --set createManagedNamespace=false "${common[@]}" --wait
-  helm --kube-context "$(ctx hosting)" upgrade --install cluster-relay "$ROOT/charts/cluster-relay" \
-    -n "$HOSTING_NS" --set manifests=hosting "${common[@]}" --wait
+  bash "$ROOT/hack/build-addon-manager.sh" "$WORK/manager/addon-manager"
+  docker build -t "$MANAGER_IMAGE" -f "$ROOT/addon-manager/Dockerfile" "$WORK/manager"
+  kind load docker-image "$MANAGER_IMAGE" --name hub
+  log "the add-on manager on the hub"
+  k hub apply -f "$ROOT/addon-manager/deploy/"
+  k hub -n cluster-relay-addon patch deployment cluster-relay-addon-manager --type=json -p "[
+    {\"op\": \"replace\", \"path\": \"/spec/template/spec/containers/0/image\", \"value\": \"$MANAGER_IMAGE\"},
+    {\"op\": \"replace\", \"path\": \"/spec/template/spec/containers/0/imagePullPolicy\", \"value\": \"Never\"},
+    {\"op\": \"replace\", \"path\": \"/spec/template/spec/containers/0/args\", \"value\": [\"--agent-image=$IMAGE\"]}]"
+  k hub -n cluster-relay-addon rollout status deployment/cluster-relay-addon-manager --timeout=120s
+  log "enable the add-on for $CLUSTER, hosted by hosting"
+  k hub apply -f - <<YAML
+apiVersion: addon.open-cluster-management.io/v1alpha1
+kind: AddOnDeploymentConfig
+metadata: {name: cluster-relay, namespace: $CLUSTER}
+spec:
+  customizedVariables:
+    - {name: values, value: '{"provisioner": {"tokenExpiration": "10m", "refreshBefore": "9m50s"}}'}
+---
+apiVersion: addon.open-cluster-management.io/v1alpha1
+kind: ManagedClusterAddOn
+metadata:
+  name: cluster-relay
+  namespace: $CLUSTER
+  annotations:
+    addon.open-cluster-management.io/hosting-cluster-name: hosting
+spec:
+  configs:
+    - {group: addon.open-cluster-management.io, resource: addondeploymentconfigs,
+       namespace: $CLUSTER, name: cluster-relay}
+YAML
+  k hub -n "$CLUSTER" wait managedclusteraddon/cluster-relay --for=condition=Available --timeout=300s
 }
 
 # Forwards a local port to a hosting Service: sets PORT and FWD_PID.
@@ -106,13 +134,13 @@ check() {
 }
 
 down() {
-  log "uninstall: the pre-delete hook (cleanup Job) runs first"
-  helm --kube-context "$(ctx hosting)" uninstall cluster-relay -n "$HOSTING_NS" --wait || true
-  helm --kube-context "$(ctx managed)" uninstall cluster-relay -n "$MANAGED_NS" --wait || true
+  log "delete the add-on: the pre-delete Job (cleanup) runs first"
+  k hub -n "$CLUSTER" delete managedclusteraddon cluster-relay --timeout=300s || true
   if k managed get serviceaccount cluster-relay -n "$MANAGED_NS" >/dev/null 2>&1; then
     echo "the relay identity is left on managed" >&2
     exit 1
   fi
+  k managed get namespace "$MANAGED_NS" >/dev/null
   for c in hub hosting managed; do kind delete cluster --name "$c"; done
   rm -rf "$WORK"
 }

@@ -58,6 +58,6 @@ pub use cluster::{Cluster, shared_cluster};
 pub use controlplane::{ControlPlane, shared};
 pub use echo::{EchoPod, EchoServer, WsClient};
 pub use netns_pod::{NetnsPod, host_network_state, pod_network_ports};
-pub use procs::{repo_path, run_dir};
+pub use procs::{kill, repo_path, run_dir, spawn};
 pub use tls::TlsFiles;
 pub use wait::{wait_for, wait_for_sync, wait_until, wait_until_sync};

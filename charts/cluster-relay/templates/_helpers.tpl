@@ -17,6 +17,9 @@ admin port, grace period) are the same everywhere.
 {{- if eq .Values.installMode "Default" -}}
 {{- fail "cluster-relay runs in hosted mode only: enable the add-on with the addon.open-cluster-management.io/hosting-cluster-name annotation" -}}
 {{- end -}}
+{{- if lt (int .Values.cleanup.activeDeadlineSeconds) (add (int .Values.cleanup.giveUpAfterSeconds) 60) -}}
+{{- fail "cleanup.activeDeadlineSeconds must exceed cleanup.giveUpAfterSeconds by 60 at least: a Job killed at its deadline fails, and a failed pre-delete Job blocks the add-on's deletion" -}}
+{{- end -}}
 {{- if and .Values.cleanup.enabled (not .Values.provisioner.enabled) -}}
 {{- fail "cleanup.enabled needs provisioner.enabled: the cleanup Job removes what the provisioner made" -}}
 {{- end -}}
@@ -28,14 +31,26 @@ admin port, grace period) are the same everywhere.
 {{- if or (eq $ctx.Values.manifests "all") (eq $ctx.Values.manifests $location) -}}true{{- end -}}
 {{- end -}}
 
+{{/*
+The namespace of the hosting-side objects. In hosted mode the framework means
+addonInstallNamespace as the agent's namespace on the hosting cluster: the
+registration agent writes the hub kubeconfig Secret there.
+*/}}
 {{- define "cluster-relay.hostingNamespace" -}}
 {{- if .Values.hostingNamespace -}}{{ .Values.hostingNamespace }}
-{{- else if eq .Values.installMode "Hosted" -}}klusterlet-{{ .Values.clusterName }}
+{{- else if eq .Values.installMode "Hosted" -}}{{ .Values.addonInstallNamespace | default .Release.Namespace }}
 {{- else -}}{{ .Release.Namespace }}{{- end -}}
 {{- end -}}
 
+{{/*
+The namespace of the managed-side objects: managedNamespace; else, in hosted
+mode, the klusterlet's namespace for all add-ons; else addonInstallNamespace
+or the release namespace (plain Helm).
+*/}}
 {{- define "cluster-relay.managedNamespace" -}}
-{{- .Values.addonInstallNamespace | default .Release.Namespace -}}
+{{- if .Values.managedNamespace -}}{{ .Values.managedNamespace }}
+{{- else if eq .Values.installMode "Hosted" -}}open-cluster-management-agent-addon
+{{- else -}}{{ .Values.addonInstallNamespace | default .Release.Namespace }}{{- end -}}
 {{- end -}}
 
 {{/* The Secret with the managed kubeconfig the provisioner writes. */}}
@@ -48,8 +63,13 @@ admin port, grace period) are the same everywhere.
 {{ include "cluster-relay.fullname" . }}-service-relay
 {{- end -}}
 
+{{/*
+The agent image: the add-on manager's (global.imageOverrides.agent, after
+AddOnDeploymentConfig registries), else image.repository:tag.
+*/}}
 {{- define "cluster-relay.image" -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- $overrides := .Values.global.imageOverrides | default dict -}}
+{{- $overrides.agent | default (printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion)) -}}
 {{- end -}}
 
 {{/* Selector labels of component (second argument). */}}
@@ -68,9 +88,6 @@ app.kubernetes.io/version: {{ $ctx.Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ $ctx.Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" $ctx.Chart.Name $ctx.Chart.Version }}
 cluster-relay.io/cluster: {{ $ctx.Values.clusterName }}
-{{- with $ctx.Values.hostingClusterName }}
-cluster-relay.io/hosting-cluster: {{ . }}
-{{- end }}
 {{- with $ctx.Values.commonLabels }}
 {{ toYaml . }}
 {{- end }}
@@ -130,7 +147,7 @@ resources:
 {{- define "cluster-relay.podCommon" -}}
 {{- $ctx := index . 0 -}}
 serviceAccountName: {{ index . 1 }}
-terminationGracePeriodSeconds: {{ add $ctx.Values.shutdownGracePeriodSeconds 10 }}
+terminationGracePeriodSeconds: {{ add (int $ctx.Values.shutdownGracePeriodSeconds) 10 }}
 securityContext:
   {{- toYaml $ctx.Values.podSecurityContext | nindent 2 }}
 {{- with $ctx.Values.imagePullSecrets }}
@@ -144,7 +161,7 @@ imagePullSecrets:
 nodeSelector:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- $tolerations := concat ($ctx.Values.global.tolerations | default list) $ctx.Values.tolerations }}
+{{- $tolerations := $ctx.Values.tolerations }}
 {{- with $tolerations }}
 tolerations:
   {{- toYaml . | nindent 2 }}
