@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
 
 printf '\033[1mcluster-relay: the hosted topology from the Helm chart, on two local clusters with real nodes\033[0m\n'
-printf 'building the e2e driver (cargo, debug profile; the image is make images'"'"')...\n'
+printf 'building the e2e driver (cargo, debug profile)...\n'
 "$CARGO" test --locked --test e2e_local --no-run 2>&1 | tail -n 1
 set +e
 "$CARGO" test --locked --test e2e_local -- --nocapture 2>&1 |
