@@ -24,9 +24,10 @@
 //!    service relay;
 //! 3. an AddOnDeploymentConfig (registry mirror, node selector, a
 //!    customized variable) rolls out to the pods;
-//! 4. the provisioner keeps its Lease across work-agent reconciles (the
-//!    work agent is restarted, which reconciles every work at once, as its
-//!    periodic resync does);
+//! 4. (not yet) the provisioner keeps its Lease across work-agent resyncs:
+//!    the chart renders no Lease any more (tests/chart.rs, the Go tests);
+//!    restarting the process-mode klusterlet does not stand in for a resync
+//!    (it waits to bootstrap again), and the resync period is a variable;
 //! 5. deleting the ManagedClusterAddOn runs the pre-delete Job on the
 //!    hosting cluster and leaves nothing of ours on either cluster, while
 //!    `open-cluster-management-agent-addon` and another add-on's object in
@@ -50,7 +51,6 @@ const HOSTING_NS: &str = "klusterlet-c1";
 const MANAGED_NS: &str = "open-cluster-management-agent-addon";
 const ADDON: &str = "cluster-relay";
 const TARGET: &str = "cluster-relay-managed-kubeconfig";
-const LEASE: &str = "cluster-relay-provisioner";
 const AGENT_IMAGE: &str = "localhost/cluster-relay/agent:dev";
 const MIRROR_IMAGE: &str = "localhost/cluster-relay-mirror/agent:dev";
 
@@ -502,82 +502,10 @@ fn end_to_end() -> anyhow::Result<()> {
     })?;
     deployments_available(hosting, HOSTING_NS)?;
 
-    println!("== 4. the provisioner keeps its Lease across work-agent re-applies");
-    let lease = |h: &Cluster| get_json(h, &["lease", LEASE, "-n", HOSTING_NS]);
-    // The leader is the one provisioner pod left after the rollout (the
-    // identity is the pod's name and a suffix).
-    let before = wait_for_sync("the new provisioner to lead", DEADLINE, || {
-        let pods = hosting.kubectl_ok(&[
-            "get",
-            "pods",
-            "-n",
-            HOSTING_NS,
-            "-l",
-            "app.kubernetes.io/component=provisioner",
-            "-o",
-            "jsonpath={.items[*].metadata.name}",
-        ])?;
-        let pods: Vec<&str> = pods.split_whitespace().collect();
-        anyhow::ensure!(pods.len() == 1, "provisioner pods: {pods:?}");
-        let l = lease(hosting)?;
-        let holder = l["spec"]["holderIdentity"].as_str().unwrap_or_default();
-        anyhow::ensure!(
-            holder.starts_with(&format!("{}_", pods[0])),
-            "holder {holder}"
-        );
-        Ok(l)
-    })?;
-    let klusterlet = procs
-        .0
-        .iter()
-        .position(|(n, _)| n == "klusterlet-hosting")
-        .context("the hosting klusterlet")?;
-    for round in 1..=3 {
-        // A restarted work agent reconciles every work at once, as its
-        // periodic resync (4 min, not a flag) does. OCM v1.2.1 skips objects
-        // whose rendered content is unchanged (spec-hash annotation), so
-        // this shows the agent back at work with the Lease untouched, not
-        // that each object was written again.
-        kill(&mut procs.0[klusterlet].1);
-        procs.0[klusterlet] = start_klusterlet(
-            hub,
-            hosting,
-            None,
-            "hosting",
-            "open-cluster-management-agent",
-            18451,
-        )?;
-        wait_until_sync(
-            &format!("restart {round}: the hosting work applied"),
-            DEADLINE,
-            || {
-                std::fs::read_to_string(log_path("klusterlet-hosting"))
-                    .is_ok_and(|log| log.contains("Caches are synced"))
-                    && get_json(
-                        hub,
-                        &[
-                            "manifestwork",
-                            "-n",
-                            "hosting",
-                            "addon-cluster-relay-deploy-hosting-c1-0",
-                        ],
-                    )
-                    .is_ok_and(|w| condition_true(&w, "Applied") && condition_true(&w, "Available"))
-            },
-        )
-        .with_context(|| tail("klusterlet-hosting"))?;
-        let now = lease(hosting)?;
-        for field in ["holderIdentity", "leaseTransitions", "acquireTime"] {
-            anyhow::ensure!(
-                now["spec"][field] == before["spec"][field],
-                "restart {round}: Lease {field} {} -> {}",
-                before["spec"][field],
-                now["spec"][field]
-            );
-        }
-    }
-    println!("   3 work-agent restarts: the works applied again, the Lease was not touched");
-
+    // Step 4 (the Lease across work-agent resyncs) is not here yet: a
+    // klusterlet agent restarted as a process finds no valid client
+    // certificate in its hub-kubeconfig directory and waits to bootstrap
+    // again, so restarts cannot stand in for resyncs (see README, Tests).
     println!("== 5. deleting the add-on: the pre-delete Job, then nothing of ours");
     hub.kubectl_ok(&[
         "delete",
