@@ -75,7 +75,9 @@ binary_image() {
 }
 
 agent() {
-  rustup target list --installed 2>/dev/null | grep -qx "$TARGET" || rustup target add "$TARGET" >&2
+  local targets
+  targets=$(rustup target list --installed 2>/dev/null)
+  grep -qx "$TARGET" <<<"$targets" || rustup target add "$TARGET" >&2
   log "cargo build --release --target $TARGET (static)"
   # musl's libc is linked in: the binary needs nothing from the image, which
   # has nothing.
@@ -122,7 +124,9 @@ pause() {
 
 file_is_static() {
   # A dynamic ELF names its interpreter; FROM scratch has none to offer.
-  if readelf -l "$1" 2>/dev/null | grep -q 'Requesting program interpreter'; then
+  local headers
+  headers=$(readelf -l "$1" 2>/dev/null)
+  if grep -q 'Requesting program interpreter' <<<"$headers"; then
     die "$1 is dynamically linked"
   fi
 }

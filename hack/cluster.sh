@@ -91,7 +91,9 @@ ensure_switch() {
 
 remove_switch_if_unused() {
   [ -e "/run/netns/$SWITCH" ] || return 0
-  if ip -n "$SWITCH" -o link show type veth | awk -F': ' '{print $2}' | grep -q '^sw-'; then
+  # awk decides (not grep -q, which may stop reading early and, with
+  # pipefail, fail the pipeline: the switch would go while nodes use it).
+  if ip -n "$SWITCH" -o link show type veth | awk -F': ' '$2 ~ /^sw-/ {found = 1} END {exit !found}'; then
     return 0
   fi
   ip link delete "$HOST_IF" 2>/dev/null || true
@@ -466,8 +468,11 @@ cmd_import() {
   name=$(tar xOf "$archive" index.json | python3 -c \
     'import json,sys; print(json.load(sys.stdin)["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"])')
   ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$archive" >/dev/null
-  ctr --address "$CONTAINERD_SOCK" -n k8s.io images ls -q | grep -qxF "$name" ||
-    die "$archive did not import as $name"
+  # Listed whole first: with pipefail, `ctr ... | grep -q` fails when grep
+  # stops reading early and ctr gets SIGPIPE.
+  local images
+  images=$(ctr --address "$CONTAINERD_SOCK" -n k8s.io images ls -q)
+  grep -qxF "$name" <<<"$images" || die "$archive did not import as $name"
   log "imported $name into $NAME"
 }
 
