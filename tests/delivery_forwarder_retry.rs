@@ -328,16 +328,30 @@ async fn a_replay_takes_the_lease_from_a_running_forwarder_and_gives_it_back() {
     })
     .await
     .expect("leads");
+    // A first start takes what the forge already has as history (no
+    // backfill here): deliver only once the cursor is set and saved.
+    wait_until("the first poll to set the cursor", DEADLINE, || async {
+        plane
+            .kubectl(&[
+                "get",
+                "configmap",
+                "delivery-forwarder-seize",
+                "-n",
+                "default",
+            ])
+            .status
+            .success()
+    })
+    .await
+    .expect("the cursor is saved");
+    // The refusal is set before the delivery exists, so it cannot slip
+    // through first; the refused one is told apart by its payload.
+    sink.answer_with(|got| {
+        let payload: serde_json::Value = serde_json::from_slice(&got.body).unwrap_or_default();
+        if payload["n"] == 0 { 400 } else { 200 }
+    });
     let (_, refused) = forge.deliver(hook, "push", json!({"n": 0}));
     let (_, after) = forge.deliver(hook, "push", json!({"n": 1}));
-    let no = refused.clone();
-    sink.answer_with(move |got| {
-        if got.header("x-github-delivery") == no {
-            400
-        } else {
-            200
-        }
-    });
     sink.wait_for_id(&after, DEADLINE)
         .await
         .unwrap_or_else(|err| panic!("{err:#}\n{}", forwarder.logs()));
