@@ -55,6 +55,7 @@ fmt-check:
 	$(CARGO) fmt --check
 
 lint: go-check sh-check
+	bash hack/check-layers.sh
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
 # Every Go module of the repository (each directory with a go.mod: the

@@ -36,7 +36,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
-use cluster_relay::webhook_fanout::signature::sign_sha256;
+use cluster_relay::signature::sign_sha256;
 use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 

@@ -28,7 +28,7 @@ use std::{path::PathBuf, time::Duration};
 
 pub use self::leading::run;
 use crate::{
-    admin::AdminArgs, kube_client::KubeArgs, leader::LeaderArgs, read_cache::parse_bytes,
+    admin::AdminArgs, flags::parse_bytes, kube_client::KubeArgs, leader::LeaderArgs,
     shutdown::ShutdownArgs,
 };
 

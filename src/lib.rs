@@ -17,6 +17,12 @@
 //! - [`coalesce`]: merges concurrent identical lookups into one.
 //! - [`http_server`]: the HTTP server loop shared by the HTTP components.
 //! - [`tls`]: `--tls-cert-file` / `--tls-key-file`, HTTPS for those servers.
+//! - [`flags`]: flag value parsers several subcommands share (byte counts,
+//!   secrets from files).
+//! - [`signature`]: the forge's webhook signatures (X-Hub-Signature-256).
+//! - [`upstream`]: the layer below the HTTP features: service targets and
+//!   header names, Service address lookup, the pooled upstream client, and
+//!   TokenReview'd callers. No feature imports another feature.
 //! - [`service_relay`]: `agent service-relay`, HTTP to managed Services through
 //!   the managed apiserver, with the caller's Authorization restored.
 //! - [`provisioner`]: `agent provision-kubeconfig`, short-lived managed
@@ -33,6 +39,7 @@ pub mod apiserver_relay;
 pub mod cli;
 pub mod coalesce;
 pub mod delivery_forwarder;
+pub mod flags;
 pub mod http_server;
 pub mod kube_client;
 pub mod leader;
@@ -43,6 +50,8 @@ pub mod read_cache;
 pub mod secret_watch;
 pub mod service_relay;
 pub mod shutdown;
+pub mod signature;
 pub mod telemetry;
 pub mod tls;
+pub mod upstream;
 pub mod webhook_fanout;

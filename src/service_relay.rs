@@ -5,16 +5,13 @@
 //! the caller's `Authorization` and forwards to the Service. Header names
 //! match cluster-proxy's hosted-mode relay.
 
-pub(crate) mod caller;
-pub(crate) mod directory;
 mod entry;
 mod exit;
-pub(crate) mod forward;
 mod h1;
-mod headers;
 mod metrics;
-mod pool;
-mod target;
+
+// The shared upstream layer, under the names this module's parts use.
+use crate::upstream::{caller, directory, forward, headers, pool, target};
 
 use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
 

@@ -11,12 +11,10 @@ mod dispatch;
 mod inbound;
 pub mod journal;
 mod metrics;
-pub mod signature;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use prometheus::Registry as MetricsRegistry;
-use rustls::RootCertStore;
 use secrecy::SecretString;
 
 use self::{
@@ -29,21 +27,18 @@ use self::{
 };
 use crate::{
     admin::{AdminArgs, AdminState, Readiness},
+    flags::{parse_bytes, read_secret},
     http_server::{self, ServeArgs},
     kube_client::KubeArgs,
     net,
-    read_cache::parse_bytes,
-    service_relay::{
-        Resolution,
-        caller::Callers,
-        directory::Directory,
-        forward::{Limits, Upstream, UpstreamConfig, add_roots_from_files, roots_from_pem},
-    },
     shutdown::{Shutdown, ShutdownArgs},
+    signature::{self, SECRET_ENV},
+    upstream::{
+        caller::Callers,
+        directory::{Directory, Resolution},
+        forward::{Limits, Upstream, UpstreamConfig, roots},
+    },
 };
-
-/// The environment variable that may hold the shared secret itself.
-pub const SECRET_ENV: &str = "CLUSTER_RELAY_WEBHOOK_SECRET";
 
 /// Flags of `agent webhook-fanout`.
 #[derive(Debug, Clone, clap::Args)]
@@ -170,42 +165,6 @@ pub struct Args {
 
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
-}
-
-/// A secret from a file, one trailing newline dropped; errors name `flag`.
-pub(crate) fn read_secret(path: &PathBuf, flag: &str) -> anyhow::Result<Vec<u8>> {
-    let mut bytes =
-        std::fs::read(path).map_err(|err| anyhow::anyhow!("{flag} {}: {err}", path.display()))?;
-    if bytes.ends_with(b"\n") {
-        bytes.pop();
-        if bytes.ends_with(b"\r") {
-            bytes.pop();
-        }
-    }
-    if bytes.is_empty() {
-        anyhow::bail!("{flag} {}: the file is empty", path.display());
-    }
-    Ok(bytes)
-}
-
-/// The system's trust anchors plus the PEM files of `flag`.
-pub(crate) fn roots(files: &[PathBuf], flag: &str) -> anyhow::Result<RootCertStore> {
-    let mut roots = RootCertStore::empty();
-    // The system's bundle where Debian-like images keep it; absent in a
-    // scratch image, where the CA flag must name the CAs.
-    for system in [
-        "/etc/ssl/certs/ca-certificates.crt",
-        "/etc/pki/tls/certs/ca-bundle.crt",
-    ] {
-        if let Ok(pem) = std::fs::read(system)
-            && let Ok(found) = roots_from_pem(&pem, system)
-        {
-            roots.roots.extend(found.roots);
-            break;
-        }
-    }
-    add_roots_from_files(&mut roots, files, flag)?;
-    Ok(roots)
 }
 
 /// Runs the fan-out until shutdown.

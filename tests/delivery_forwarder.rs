@@ -22,7 +22,7 @@ use std::{
     time::Duration,
 };
 
-use cluster_relay::webhook_fanout::signature::Verifier;
+use cluster_relay::signature::Verifier;
 use serde_json::{Value, json};
 use support::{
     agent::Agent,

@@ -15,7 +15,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use cluster_relay::webhook_fanout::signature::sign_sha256;
+use cluster_relay::signature::sign_sha256;
 use http::{Method, StatusCode};
 use support::{
     agent::Agent,

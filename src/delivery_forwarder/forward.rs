@@ -19,7 +19,7 @@ use rustls::RootCertStore;
 use secrecy::{ExposeSecret, SecretBox};
 
 use super::github::Detail;
-use crate::webhook_fanout::signature::sign_sha256;
+use crate::signature::sign_sha256;
 
 /// A pooled HTTP/1.1 client for http and https.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -181,7 +181,7 @@ impl Sender {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::webhook_fanout::signature::Verifier;
+    use crate::signature::Verifier;
 
     fn detail(content_type: &str) -> Detail {
         serde_json::from_value(serde_json::json!({

@@ -28,9 +28,11 @@ use super::{
 };
 use crate::{
     admin::{AdminState, Readiness, ReadinessCheck},
+    flags::read_secret,
     leader::{LeaderConfig, LeaderMetrics, Leadership},
     shutdown::Shutdown,
-    webhook_fanout::{SECRET_ENV, read_secret, roots},
+    signature::SECRET_ENV,
+    upstream::forward::roots,
 };
 
 /// How long `--replay-dead-letters` holds the forwarders' Lease at most;

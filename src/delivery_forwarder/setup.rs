@@ -11,7 +11,7 @@ use super::{
     github::Api,
     poll::HookJob,
 };
-use crate::webhook_fanout::read_secret;
+use crate::flags::read_secret;
 
 pub(super) fn credentials(args: &Args) -> anyhow::Result<Credentials> {
     match (&args.app_id, &args.app_private_key_file, &args.token_file) {

@@ -51,7 +51,7 @@ use crate::{
     http_server::{Body, BoxError, full, text},
     kube_client::KubeArgs,
     managed_kubeconfig::{Current, ManagedKubeconfigArgs},
-    service_relay::forward::{Destination, ForwardError, KubeconfigUpstream, Limits, Upstream},
+    upstream::forward::{Destination, ForwardError, KubeconfigUpstream, Limits, Upstream},
 };
 
 /// Flags of the kubernetes profile.

@@ -20,7 +20,7 @@ use super::{
     journal::{Delivery, Journal, now_ms},
     metrics::FanoutMetrics,
 };
-use crate::service_relay::forward::Upstream;
+use crate::upstream::forward::Upstream;
 
 /// When to try again.
 #[derive(Debug, Clone, Copy)]

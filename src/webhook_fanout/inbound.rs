@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     http_server::{Body, Handler, full, text},
-    service_relay::caller::{Callers, Verdict},
+    upstream::caller::{Callers, Verdict},
 };
 
 /// The header naming a delivery (GitHub's; Gitea sends it too).

@@ -22,7 +22,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::attrs::Attributes;
-use crate::{coalesce::Coalescer, service_relay::forward::Upstream};
+use crate::{coalesce::Coalescer, upstream::forward::Upstream};
 
 /// The apiserver's answer for one caller and request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

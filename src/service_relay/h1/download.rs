@@ -17,7 +17,7 @@ use super::{
     exchange::{DownloadError, Relayed, client_gone, cut, early, write_flush},
     wire::{self, Framing, MAX_HEADERS},
 };
-use crate::service_relay::forward::ForwardError;
+use crate::upstream::forward::ForwardError;
 
 /// Reading a response from the upstream and passing it to the client.
 pub(super) struct Download<'a, R, W> {

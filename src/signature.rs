@@ -9,6 +9,9 @@ use secrecy::{ExposeSecret, SecretBox};
 use sha1::Sha1;
 use sha2::Sha256;
 
+/// The environment variable that may hold the shared secret itself.
+pub const SECRET_ENV: &str = "CLUSTER_RELAY_WEBHOOK_SECRET";
+
 /// The header GitHub signs with today.
 pub const SIGNATURE_256: &str = "x-hub-signature-256";
 /// The legacy SHA-1 header.

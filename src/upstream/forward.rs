@@ -597,3 +597,23 @@ impl ForwardError {
         }
     }
 }
+
+/// The system's trust anchors plus the PEM files of `flag`.
+pub fn roots(files: &[std::path::PathBuf], flag: &str) -> anyhow::Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    // The system's bundle where Debian-like images keep it; absent in a
+    // scratch image, where the CA flag must name the CAs.
+    for system in [
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+    ] {
+        if let Ok(pem) = std::fs::read(system)
+            && let Ok(found) = roots_from_pem(&pem, system)
+        {
+            roots.roots.extend(found.roots);
+            break;
+        }
+    }
+    add_roots_from_files(&mut roots, files, flag)?;
+    Ok(roots)
+}

@@ -1,0 +1,65 @@
+//! Small helpers for flags that several subcommands share the shape of.
+
+use std::path::PathBuf;
+
+/// Parses a byte count: digits, optionally followed by K, M, G (powers of
+/// 1000) or Ki, Mi, Gi (powers of 1024).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, suffix) = text.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a byte count such as 1048576, 64Mi or 1G"))?;
+    let unit: u64 = match suffix {
+        "" => 1,
+        "K" | "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {suffix:?} (use K, M, G, Ki, Mi or Gi)"
+            ));
+        }
+    };
+    number
+        .checked_mul(unit)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// A secret from a file, one trailing newline dropped; errors name `flag`.
+pub fn read_secret(path: &PathBuf, flag: &str) -> anyhow::Result<Vec<u8>> {
+    let mut bytes =
+        std::fs::read(path).map_err(|err| anyhow::anyhow!("{flag} {}: {err}", path.display()))?;
+    if bytes.ends_with(b"\n") {
+        bytes.pop();
+        if bytes.ends_with(b"\r") {
+            bytes.pop();
+        }
+    }
+    if bytes.is_empty() {
+        anyhow::bail!("{flag} {}: the file is empty", path.display());
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts_parse_with_units() {
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("64Mi"), Ok(64 << 20));
+        assert_eq!(parse_bytes("2G"), Ok(2_000_000_000));
+        assert_eq!(parse_bytes("1Ki"), Ok(1024));
+        assert!(parse_bytes("12 apples").is_err());
+        assert!(parse_bytes("Mi").is_err());
+        assert!(parse_bytes("99999999999999Gi").is_err());
+    }
+}
