@@ -155,7 +155,7 @@ fn end_to_end() -> anyhow::Result<()> {
         (managed, MANAGED_NS),
         (managed, "apps"),
     ] {
-        deployments_available(cluster, ns)?;
+        cluster.deployments_available(ns, DEADLINE)?;
     }
     let ready_after = installed.elapsed();
     println!(
@@ -180,7 +180,7 @@ fn end_to_end() -> anyhow::Result<()> {
     );
 
     println!("== 1. kubectl through the apiserver relay");
-    let relay = service_addr(hosting, HOSTING_NS, "c1")?;
+    let relay = hosting.service_addr(HOSTING_NS, "c1")?;
     let out = kubectl_through(
         hosting,
         relay,
@@ -194,7 +194,7 @@ fn end_to_end() -> anyhow::Result<()> {
     );
 
     println!("== 2. the echo Service of the managed cluster through the service relay");
-    let entry = service_addr(hosting, HOSTING_NS, "cluster-relay-service-relay-entry")?;
+    let entry = hosting.service_addr(HOSTING_NS, "cluster-relay-service-relay-entry")?;
     let (status, body) = get_through_entry(hosting, entry, &format!("{ECHO}/hello"))?;
     anyhow::ensure!(status == 200, "{status}: {body}");
     let (json, headers) = echoed(&body);
@@ -208,7 +208,7 @@ fn end_to_end() -> anyhow::Result<()> {
     );
 
     println!("== 3. cached reads through the read cache");
-    let cache = service_addr(hosting, HOSTING_NS, "cluster-relay-read-cache")?;
+    let cache = hosting.service_addr(HOSTING_NS, "cluster-relay-read-cache")?;
     let read = cached_reads(hosting, managed, cache)?;
 
     println!("== 4. the token rotates and no request fails");
@@ -263,60 +263,6 @@ fn start_echo(managed: &Cluster) -> anyhow::Result<()> {
     ]});
     managed.kubectl_with_stdin(&["apply", "-f", "-"], objects.to_string().as_bytes())?;
     Ok(())
-}
-
-/// Waits until every Deployment in `ns` is Available, with the kubelet's
-/// and containerd's logs on failure.
-fn deployments_available(cluster: &Cluster, ns: &str) -> anyhow::Result<()> {
-    wait_until_sync(
-        &format!("the Deployments in {}/{ns} to be Available", cluster.name()),
-        DEADLINE,
-        || {
-            cluster
-                .kubectl_ok(&[
-                    "wait",
-                    "-n",
-                    ns,
-                    "deployments",
-                    "--all",
-                    "--for=condition=Available",
-                    "--timeout=5s",
-                ])
-                .is_ok()
-        },
-    )
-    .with_context(|| {
-        let pods = cluster
-            .kubectl_ok(&["get", "pods", "-n", ns, "-o", "wide"])
-            .unwrap_or_default();
-        let events = cluster
-            .kubectl_ok(&["get", "events", "-n", ns, "--sort-by=.lastTimestamp"])
-            .unwrap_or_default();
-        let kubelet = cluster.log("kubelet");
-        let tail: Vec<&str> = kubelet.lines().rev().take(20).collect();
-        format!(
-            "pods:\n{pods}\nevents:\n{events}\nkubelet:\n{}",
-            tail.join("\n")
-        )
-    })
-}
-
-/// The ClusterIP and first port of Service `ns/name`.
-fn service_addr(cluster: &Cluster, ns: &str, name: &str) -> anyhow::Result<SocketAddr> {
-    let out = cluster.kubectl_ok(&[
-        "get",
-        "service",
-        name,
-        "-n",
-        ns,
-        "-o",
-        "jsonpath={.spec.clusterIP} {.spec.ports[0].port}",
-    ])?;
-    let (ip, port) = out.split_once(' ').context("clusterIP and port")?;
-    Ok(SocketAddr::from((
-        ip.parse::<Ipv4Addr>().context("a ClusterIP")?,
-        port.trim().parse::<u16>().context("a port")?,
-    )))
 }
 
 /// The provisioned managed kubeconfig and its hash annotation.

@@ -35,7 +35,6 @@
 
 mod support;
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
@@ -272,51 +271,6 @@ fn accept(hub: &Cluster, name: &str, klusterlet: &str) -> anyhow::Result<()> {
     .with_context(|| tail(klusterlet))
 }
 
-fn deployments_available(cluster: &Cluster, ns: &str) -> anyhow::Result<()> {
-    wait_until_sync(
-        &format!("the Deployments in {}/{ns} to be Available", cluster.name()),
-        DEADLINE,
-        || {
-            cluster
-                .kubectl_ok(&["get", "deployments", "-n", ns, "-o", "name"])
-                .is_ok_and(|out| !out.trim().is_empty())
-                && cluster
-                    .kubectl_ok(&[
-                        "wait",
-                        "-n",
-                        ns,
-                        "deployments",
-                        "--all",
-                        "--for=condition=Available",
-                        "--timeout=5s",
-                    ])
-                    .is_ok()
-        },
-    )
-    .with_context(|| {
-        cluster
-            .kubectl_ok(&["get", "pods,events", "-n", ns, "-o", "wide"])
-            .unwrap_or_default()
-    })
-}
-
-fn service_addr(cluster: &Cluster, ns: &str, name: &str) -> anyhow::Result<SocketAddr> {
-    let out = cluster.kubectl_ok(&[
-        "get",
-        "service",
-        name,
-        "-n",
-        ns,
-        "-o",
-        "jsonpath={.spec.clusterIP} {.spec.ports[0].port}",
-    ])?;
-    let (ip, port) = out.split_once(' ').context("clusterIP and port")?;
-    Ok(SocketAddr::from((
-        ip.parse::<Ipv4Addr>().context("a ClusterIP")?,
-        port.trim().parse::<u16>().context("a port")?,
-    )))
-}
-
 fn addon(hub: &Cluster) -> anyhow::Result<Value> {
     get_json(hub, &["managedclusteraddon", ADDON, "-n", "c1"])
 }
@@ -424,8 +378,8 @@ fn end_to_end() -> anyhow::Result<()> {
                 .is_ok_and(|o| o.contains("addon-cluster-relay-deploy-0"))
     })
     .with_context(|| tail("cluster-relay-addon-manager"))?;
-    deployments_available(hosting, HOSTING_NS)?;
-    deployments_available(managed, MANAGED_NS)?;
+    hosting.deployments_available(HOSTING_NS, DEADLINE)?;
+    managed.deployments_available(MANAGED_NS, DEADLINE)?;
     wait_until_sync("the managed kubeconfig Secret", DEADLINE, || {
         hosting
             .kubectl_ok(&["get", "secret", TARGET, "-n", HOSTING_NS])
@@ -446,7 +400,7 @@ fn end_to_end() -> anyhow::Result<()> {
     );
 
     println!("== 2. kubectl through the apiserver relay, echo through the service relay");
-    let relay = service_addr(hosting, HOSTING_NS, "c1")?;
+    let relay = hosting.service_addr(HOSTING_NS, "c1")?;
     let out = hosting
         .in_node("kubectl")
         .arg("--kubeconfig")
@@ -500,7 +454,7 @@ fn end_to_end() -> anyhow::Result<()> {
                     .is_some_and(|a| a.iter().any(|x| x == "--log-level=debug"))
         })
     })?;
-    deployments_available(hosting, HOSTING_NS)?;
+    hosting.deployments_available(HOSTING_NS, DEADLINE)?;
 
     // Step 4 (the Lease across work-agent resyncs) is not here yet: a
     // klusterlet agent restarted as a process finds no valid client

@@ -11,7 +11,7 @@
 
 use std::fs::File;
 use std::io;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::ops::Deref;
 use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
@@ -23,6 +23,7 @@ use anyhow::{Context as _, bail};
 
 use super::controlplane::ControlPlane;
 use super::procs::{self, repo_path};
+use super::wait::wait_until_sync;
 
 /// One cluster with one node; dropping it (or the test binary's exit, or
 /// the next run's sweep if this one is killed) stops everything of it.
@@ -142,6 +143,62 @@ impl Cluster {
         .join()
         .expect("the connect thread does not panic")
         .with_context(|| format!("connecting to {addr} from the node {}", self.netns))
+    }
+
+    /// Waits up to `deadline` until `ns` has Deployments and every one is
+    /// Available; the pods, events and the kubelet's last lines on failure.
+    pub fn deployments_available(&self, ns: &str, deadline: Duration) -> anyhow::Result<()> {
+        wait_until_sync(
+            &format!("the Deployments in {}/{ns} to be Available", self.name()),
+            deadline,
+            || {
+                self.kubectl_ok(&["get", "deployments", "-n", ns, "-o", "name"])
+                    .is_ok_and(|out| !out.trim().is_empty())
+                    && self
+                        .kubectl_ok(&[
+                            "wait",
+                            "-n",
+                            ns,
+                            "deployments",
+                            "--all",
+                            "--for=condition=Available",
+                            "--timeout=5s",
+                        ])
+                        .is_ok()
+            },
+        )
+        .with_context(|| {
+            let pods = self
+                .kubectl_ok(&["get", "pods", "-n", ns, "-o", "wide"])
+                .unwrap_or_default();
+            let events = self
+                .kubectl_ok(&["get", "events", "-n", ns, "--sort-by=.lastTimestamp"])
+                .unwrap_or_default();
+            let kubelet = self.log("kubelet");
+            let tail: Vec<&str> = kubelet.lines().rev().take(20).collect();
+            format!(
+                "pods:\n{pods}\nevents:\n{events}\nkubelet:\n{}",
+                tail.join("\n")
+            )
+        })
+    }
+
+    /// The ClusterIP and first port of Service `ns/name`.
+    pub fn service_addr(&self, ns: &str, name: &str) -> anyhow::Result<SocketAddr> {
+        let out = self.kubectl_ok(&[
+            "get",
+            "service",
+            name,
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.spec.clusterIP} {.spec.ports[0].port}",
+        ])?;
+        let (ip, port) = out.split_once(' ').context("clusterIP and port")?;
+        Ok(SocketAddr::from((
+            ip.parse::<Ipv4Addr>().context("a ClusterIP")?,
+            port.trim().parse::<u16>().context("a port")?,
+        )))
     }
 
     /// The log of one of the cluster's processes (`kubelet`, `apiserver`,
