@@ -47,7 +47,10 @@ impl Deref for Cluster {
 pub fn shared_cluster(name: &str, index: u8) -> &'static Cluster {
     static SHARED: OnceLock<Mutex<Vec<(String, &'static Cluster)>>> = OnceLock::new();
     let mut all = SHARED
-        .get_or_init(Default::default)
+        .get_or_init(|| {
+            hold_clusters_lock();
+            Default::default()
+        })
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
     if let Some((_, cluster)) = all.iter().find(|(n, _)| n == name) {
@@ -59,6 +62,37 @@ pub fn shared_cluster(name: &str, index: u8) -> &'static Cluster {
     let cluster: &'static Cluster = Box::leak(Box::new(cluster));
     all.push((name.to_owned(), cluster));
     cluster
+}
+
+/// The cluster names, netns and addresses are machine-wide, so two test
+/// binaries (or two checkouts) using clusters at once would take each
+/// other's down. The first one to want a cluster holds this lock until it
+/// exits; the others wait for it here.
+fn hold_clusters_lock() {
+    let path = Path::new("/run/cluster-relay-clusters.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|err| panic!("cannot open {}: {err}", path.display()));
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        eprintln!(
+            "waiting for {}: another test run has the clusters",
+            path.display()
+        );
+        // SAFETY: as above.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            panic!(
+                "cannot lock {}: {}",
+                path.display(),
+                io::Error::last_os_error()
+            );
+        }
+    }
+    // Held until the process exits, which releases it even when killed.
+    std::mem::forget(file);
 }
 
 impl Cluster {
