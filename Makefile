@@ -33,7 +33,7 @@ OLDEST_SUITES := apiserver_relay apiserver_relay_tcp provisioner service_relay \
 	service_relay_exit read_cache chart
 
 .PHONY: all deps deps-bench build release fmt-check lint go-check sh-check unit test \
-	test-oldest images image addon-manager ocm e2e demo bench clean
+	test-oldest images image order-file addon-manager ocm e2e demo bench clean
 
 all: build
 
@@ -112,6 +112,12 @@ e2e: deps ocm images
 
 image: deps
 	bash hack/build-image.sh agent
+
+# hack/agent.order, the layout of the image's binary (README, "Footprint"):
+# the roles' functions from start to idle, measured under callgrind.
+order-file: deps
+	bash hack/build-image.sh agent >/dev/null
+	bash hack/profile-startup.sh $(or $(CARGO_TARGET_DIR),target)/x86_64-unknown-linux-musl/release/agent
 
 demo: deps images
 	bash hack/demo.sh

@@ -79,10 +79,40 @@ agent() {
   targets=$(rustup target list --installed 2>/dev/null)
   grep -qx "$TARGET" <<<"$targets" || rustup target add "$TARGET" >&2
   log "cargo build --release --target $TARGET (static)"
+  local dir bin
+  dir=$(realpath -m "${CARGO_TARGET_DIR:-target}/$TARGET")
+  bin=$dir/release/agent
+  mkdir -p "$dir"
+  # The linker's --symbol-ordering-file: this build's symbols for the names in
+  # hack/agent.order, in a file named by its hash, so that a new order is a
+  # new argument and cargo links again (only the binary: the argument is the
+  # bin crate's alone, unlike RUSTFLAGS or a build script).
+  local orders=("$dir"/agent-*.link-order)
+  local order=${orders[0]}
+  if [ ! -f "$order" ]; then
+    order=$dir/agent-none.link-order
+    : >"$order"
+  fi
   # musl's libc is linked in: the binary needs nothing from the image, which
-  # has nothing.
-  CC_x86_64_unknown_linux_musl=musl-gcc cargo build --locked --release --target "$TARGET" --bin agent >&2
-  binary_image agent "${CARGO_TARGET_DIR:-target}/$TARGET/release/agent" "$AGENT_IMAGE" Dockerfile
+  # has nothing. .cargo/config.toml links it with rust-lld, non-PIE.
+  cargo_musl() {
+    CC_x86_64_unknown_linux_musl=musl-gcc cargo rustc --locked --release --target "$TARGET" --bin agent -- \
+      -C "link-arg=--symbol-ordering-file=$1" -C link-arg=--no-warn-symbol-ordering >&2
+  }
+  cargo_musl "$order"
+  # When the symbols for those names changed (new code, compiler or flags),
+  # link again with the new ones.
+  local found next
+  found=$(python3 hack/lib/order_symbols.py link "$bin" hack/agent.order "$dir/next.link-order")
+  log "$found functions of hack/agent.order are in this build (make order-file renews the file)"
+  next=$dir/agent-$(sha256sum "$dir/next.link-order" | cut -c1-16).link-order
+  mv "$dir/next.link-order" "$next"
+  if [ "$next" != "$order" ]; then
+    rm -f "$order"
+    log "linking again in that order"
+    cargo_musl "$next"
+  fi
+  binary_image agent "$bin" "$AGENT_IMAGE" Dockerfile
 }
 
 echo_image() {
