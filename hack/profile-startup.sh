@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Writes hack/agent.order: the functions the hosting-side roles run from start
-# to idle and for a first request, by demangled name, for the image's layout
+# to idle (probes, scrapes, their own timers) and for a first request, by
+# demangled name, for the image's layout
 # (hack/build-image.sh turns the names into the linker's
 # --symbol-ordering-file). `make order-file` runs it on the image's binary.
 #
@@ -73,7 +74,18 @@ start_role() {
     }
     sleep 0.5
   done
-  curl -sf "http://127.0.0.1:$port/metrics" >/dev/null
+  idle "$port"
+}
+# What a pod does at idle: the kubelet's probes, a scrape, and whatever the
+# role's own timers run (lease renewals, resyncs, polls), for IDLE_SECONDS.
+idle() {
+  local until=$((SECONDS + ${IDLE_SECONDS:-20}))
+  while [ "$SECONDS" -lt "$until" ]; do
+    curl -s -o /dev/null "http://127.0.0.1:$1/healthz" || true
+    curl -s -o /dev/null "http://127.0.0.1:$1/readyz" || true
+    curl -s -o /dev/null "http://127.0.0.1:$1/metrics" || true
+    sleep 1
+  done
 }
 stop_role() {
   local pid
@@ -103,6 +115,7 @@ start_role apiserver-relay 19302 apiserver-relay --listen-addr 127.0.0.1:19312 \
   --managed-kubeconfig-secret c1/managed-kubeconfig
 kubectl --kubeconfig "$KUBECONFIG" --server https://127.0.0.1:19312 --tls-server-name 127.0.0.1 \
   get namespaces >/dev/null
+idle 19302
 stop_role apiserver-relay
 
 log "service-relay (entry)"
@@ -112,6 +125,7 @@ start_role service-relay-entry 19303 service-relay --role entry --listen-addr 12
 # answer (a 503 from services/proxy) is what it runs for every request.
 curl -s -o /dev/null -H "Authorization: Bearer $token" \
   "http://127.0.0.1:19313/api/v1/namespaces/default/services/echo:8080/proxy/" || true
+idle 19303
 stop_role service-relay-entry
 
 log "read-cache (kubernetes)"
@@ -121,6 +135,7 @@ for _ in 1 2; do
   log "read-cache answered $(curl -s -o /dev/null -w '%{http_code} %header{cluster-relay-cache}' \
     -H "Authorization: Bearer $token" "http://127.0.0.1:19314/api/v1/namespaces/default/pods")"
 done
+idle 19304
 stop_role read-cache
 
 python3 hack/lib/order_symbols.py profile "$bin" "$out" "$work"/cg.*
