@@ -167,14 +167,19 @@ mod tests {
             std::fs::write(file("message"), message).expect("written");
             let signature = URL_SAFE_NO_PAD.decode(signature).expect("base64url");
             std::fs::write(file("signature"), signature).expect("written");
-            let verify = ["dgst", "-sha256", "-verify", &file("pub.pem")];
-            openssl(
-                &[
-                    &verify[..],
-                    &["-signature", &file("signature"), &file("message")],
-                ]
-                .concat(),
-            );
+            let verify = |message: &str| {
+                std::process::Command::new("openssl")
+                    .args(["dgst", "-sha256", "-verify", &file("pub.pem")])
+                    .args(["-signature", &file("signature"), &file(message)])
+                    .output()
+                    .expect("openssl runs")
+                    .status
+                    .success()
+            };
+            assert!(verify("message"), "{key}: OpenSSL refuses the signature");
+            // The check can fail: the same signature over other claims does.
+            std::fs::write(file("forged"), message.replacen('e', "f", 1)).expect("written");
+            assert!(!verify("forged"), "{key}: OpenSSL accepts anything");
 
             let part = |n: usize| -> serde_json::Value {
                 let b64 = message.split('.').nth(n).expect("a part");
