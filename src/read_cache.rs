@@ -40,6 +40,7 @@ use crate::{
     kube_client::KubeArgs,
     net,
     shutdown::{Shutdown, ShutdownArgs},
+    upstream::{PoolArgs, pool::PoolLimits},
 };
 
 /// Which upstream the cache stands in front of.
@@ -102,6 +103,9 @@ pub struct Args {
     pub response_timeout: Duration,
 
     #[command(flatten)]
+    pub pool: PoolArgs,
+
+    #[command(flatten)]
     pub kubernetes: KubernetesArgs,
 
     #[command(flatten)]
@@ -128,6 +132,8 @@ pub struct Common {
     pub cache_ttl: Duration,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    /// The upstream pool's bounds.
+    pub pool: PoolLimits,
 }
 
 // One per process, built once: the size of its variants does not matter.
@@ -183,6 +189,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
         cache_ttl: args.cache_ttl,
         connect_timeout: args.connect_timeout,
         response_timeout: args.response_timeout,
+        pool: args.pool.limits()?,
     };
     let registry = Registry::new();
     let readiness = Readiness::default();

@@ -33,10 +33,12 @@ use crate::{
     net,
     shutdown::{Shutdown, ShutdownArgs},
     signature::{self, SECRET_ENV},
+    tls::trust_roots,
+    token_review::{Callers, TokenReviewArgs},
     upstream::{
-        caller::Callers,
-        directory::{Directory, Resolution},
-        forward::{Limits, Upstream, UpstreamConfig, roots},
+        PoolArgs,
+        directory::Directory,
+        forward::{Limits, Upstream, UpstreamConfig},
     },
 };
 
@@ -85,7 +87,8 @@ pub struct Args {
     #[arg(long, env = "CLUSTER_RELAY_BACKEND_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub backend_timeout: Duration,
 
-    /// Extra CA bundle (PEM) for https backends, besides the system's.
+    /// Extra CA bundle (PEM) for https backends, besides the system's trust
+    /// anchors (the agent's image has none; see the README, "Trust").
     /// Repeat for several.
     #[arg(
         long = "backend-ca-file",
@@ -150,9 +153,19 @@ pub struct Args {
     )]
     pub admin_users: Vec<String>,
 
+    /// Time the TokenReview of an --admin-user caller has to answer.
+    #[arg(long, env = "CLUSTER_RELAY_TOKEN_REVIEW_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub token_review_timeout: Duration,
+
+    #[command(flatten)]
+    pub token_review: TokenReviewArgs,
+
     /// Most backends, fixed and runtime ones together.
     #[arg(long, env = "CLUSTER_RELAY_MAX_BACKENDS", default_value_t = 64)]
     pub max_backends: usize,
+
+    #[command(flatten)]
+    pub pool: PoolArgs,
 
     #[command(flatten)]
     pub serve: ServeArgs,
@@ -213,8 +226,8 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
             Some(Callers::new(
                 args.kube.client().await?,
                 args.admin_users.clone(),
-                Duration::from_secs(10),
-                Duration::from_secs(10),
+                args.token_review,
+                args.token_review_timeout,
             ))
         };
         if token.is_none() && callers.is_none() {
@@ -239,18 +252,14 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     let metrics = FanoutMetrics::new(&registry_metrics);
     let upstream = Upstream::new(UpstreamConfig {
-        roots: roots(&args.backend_ca_files, "--backend-ca-file")?,
+        roots: trust_roots(&args.backend_ca_files, "--backend-ca-file")?,
         server_name: None,
-        directory: Directory::new(
-            None,
-            Resolution::Dns,
-            Default::default(),
-            Duration::from_secs(5),
-        ),
+        directory: Directory::dns(Default::default()),
         limits: Limits {
             connect_timeout: args.backend_timeout,
             response_timeout: args.backend_timeout,
             max_body_bytes: None,
+            pool: args.pool.limits()?,
         },
     })?;
     let dispatcher = Dispatcher::new(

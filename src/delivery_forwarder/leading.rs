@@ -32,7 +32,7 @@ use crate::{
     leader::{LeaderConfig, LeaderMetrics, Leadership},
     shutdown::Shutdown,
     signature::SECRET_ENV,
-    upstream::forward::roots,
+    tls::trust_roots,
 };
 
 /// How long `--replay-dead-letters` holds the forwarders' Lease at most;
@@ -138,7 +138,11 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     let hooks_ready = readiness.check("hooks");
     let metrics = ForwarderMetrics::new(&registry).with_readiness(readiness.check("dead-letters"));
-    let http = forward::http_client(roots(&args.ca_files, "--ca-file")?, args.api_timeout)?;
+    let http = forward::http_client(
+        trust_roots(&args.ca_files, "--ca-file")?,
+        args.api_timeout.max(args.target_timeout),
+        args.pool.limits()?,
+    )?;
     let api = Api::new(
         &args.api_url,
         http.clone(),
