@@ -129,10 +129,10 @@ pub struct Args {
     /// are dropped, and all of them if none has expired.
     #[arg(
         long,
-        env = "CLUSTER_RELAY_RESOLUTION_CACHE_ENTRIES",
+        env = "CLUSTER_RELAY_RESOLUTION_CACHE_MAX_ENTRIES",
         default_value_t = 1024
     )]
-    pub resolution_cache_entries: usize,
+    pub resolution_cache_max_entries: usize,
 
     /// CA bundle (PEM) that https target Services are verified with,
     /// besides the system's trust anchors (the agent's image has none; see
@@ -292,7 +292,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
                 statics,
                 LookupCache {
                     ttl: args.resolution_cache_ttl,
-                    max_entries: args.resolution_cache_entries,
+                    max_entries: args.resolution_cache_max_entries,
                 },
             );
             let upstream = Upstream::new(UpstreamConfig {

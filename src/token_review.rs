@@ -46,10 +46,10 @@ pub struct TokenReviewArgs {
     /// verdicts are dropped, and all of them if none has expired.
     #[arg(
         long,
-        env = "CLUSTER_RELAY_TOKEN_REVIEW_CACHE_ENTRIES",
+        env = "CLUSTER_RELAY_TOKEN_REVIEW_CACHE_MAX_ENTRIES",
         default_value_t = 4096
     )]
-    pub token_review_cache_entries: usize,
+    pub token_review_cache_max_entries: usize,
 }
 
 impl Default for TokenReviewArgs {
@@ -57,7 +57,7 @@ impl Default for TokenReviewArgs {
     fn default() -> Self {
         Self {
             token_review_cache_ttl: Duration::from_secs(10),
-            token_review_cache_entries: 4096,
+            token_review_cache_max_entries: 4096,
         }
     }
 }
@@ -142,7 +142,7 @@ impl Callers {
             client,
             allowed: allowed.into_iter().collect(),
             ttl: cache.token_review_cache_ttl,
-            max_entries: cache.token_review_cache_entries,
+            max_entries: cache.token_review_cache_max_entries,
             timeout,
             cache: Mutex::default(),
             reviews: Coalescer::new(),

@@ -1,7 +1,9 @@
-//! Forwarding one request upstream and its response back: hop-by-hop
-//! headers removed, `X-Forwarded-*` set, bodies streamed both ways, protocol
-//! upgrades spliced, a timeout on the response head, and upstream failures
-//! mapped to a gateway status once, here.
+//! The one upstream HTTP/1.1 client ([`Upstream`]), on the pool. It
+//! forwards a client's request and its response back (hop-by-hop headers
+//! removed, `X-Forwarded-*` set, bodies streamed both ways, protocol
+//! upgrades spliced) or sends a request of a component's own as it is; a
+//! timeout bounds the response head, and upstream failures are typed
+//! ([`ForwardError`]) and mapped to a gateway status once, here.
 
 use std::{
     net::SocketAddr,

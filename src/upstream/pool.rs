@@ -1,5 +1,6 @@
-//! The relay's upstream connections: TCP, or TLS over it for https, kept
-//! alive in a bounded pool of idle connections per origin.
+//! Upstream connections of every component: TCP, or TLS over it for
+//! https, kept alive in a bounded pool of idle connections per origin (the
+//! bounds are flags, [`super::PoolArgs`]).
 //!
 //! A lean stand-in for hyper-util's legacy client, which cost the relay more
 //! per request than the rest of its work together. The pool holds whatever
