@@ -35,7 +35,7 @@ use self::{
 };
 use crate::{
     admin::{AdminArgs, AdminState, Readiness},
-    flags::parse_bytes,
+    flags::{as_usize, parse_bytes},
     http_server::{self, Body, Handler, ServeArgs},
     kube_client::KubeArgs,
     net,
@@ -179,9 +179,6 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     if args.max_object_bytes > args.max_bytes {
         anyhow::bail!("--max-object-bytes cannot exceed --max-bytes");
     }
-    let as_usize = |value: u64, flag: &str| {
-        usize::try_from(value).map_err(|_| anyhow::anyhow!("{flag} is too large for this machine"))
-    };
     let store = Arc::new(Store::new(as_usize(args.max_bytes, "--max-bytes")?));
     let common = Common {
         store: store.clone(),

@@ -15,7 +15,6 @@ mod metrics;
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use prometheus::Registry as MetricsRegistry;
-use secrecy::SecretString;
 
 use self::{
     backends::{BackendSpec, Registry},
@@ -27,7 +26,7 @@ use self::{
 };
 use crate::{
     admin::{AdminArgs, AdminState, Readiness},
-    flags::{parse_bytes, read_secret},
+    flags::{as_usize, parse_bytes, read_token, secret_from_file_or_env},
     http_server::{self, ServeArgs},
     kube_client::KubeArgs,
     net,
@@ -184,11 +183,12 @@ pub struct Args {
 pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     // Checked before anything is bound or started.
     let server = args.serve.config()?;
-    let secret = match (&args.secret_file, std::env::var_os(SECRET_ENV)) {
-        (Some(path), _) => read_secret(path, "--secret-file")?,
-        (None, Some(value)) if !value.is_empty() => value.into_encoded_bytes(),
-        _ => anyhow::bail!("the webhook secret is required: --secret-file or {SECRET_ENV}"),
-    };
+    let secret = secret_from_file_or_env(
+        args.secret_file.as_ref(),
+        "--secret-file",
+        SECRET_ENV,
+        "the webhook secret",
+    )?;
     if args.max_in_flight == 0 || args.max_backends == 0 {
         anyhow::bail!("--max-in-flight and --max-backends must be at least 1");
     }
@@ -214,10 +214,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     );
     let admin = if args.enable_dynamic_backends {
         let token = match &args.admin_token_file {
-            Some(path) => Some(SecretString::from(
-                String::from_utf8(read_secret(path, "--admin-token-file")?)
-                    .map_err(|_| anyhow::anyhow!("--admin-token-file: not UTF-8"))?,
-            )),
+            Some(path) => Some(read_token(path, "--admin-token-file")?),
             None => None,
         };
         let callers = if args.admin_users.is_empty() {
@@ -321,9 +318,6 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
         },
     )?;
     let listener = net::listen(args.listen_addr, "--listen-addr", "webhook")?;
-    let as_usize = |value: u64, flag: &str| {
-        usize::try_from(value).map_err(|_| anyhow::anyhow!("{flag} is too large for this machine"))
-    };
     let inbound = Inbound {
         verifier: Verifier::new(secret, args.allow_sha1_signatures),
         journal,
