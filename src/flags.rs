@@ -94,4 +94,20 @@ mod tests {
         assert!(parse_bytes("Mi").is_err());
         assert!(parse_bytes("99999999999999Gi").is_err());
     }
+
+    #[test]
+    fn tokens_from_files_lose_one_newline_and_must_be_utf8() {
+        use secrecy::ExposeSecret;
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("token");
+        std::fs::write(&path, "t0ken\r\n").expect("write");
+        let token = read_token(&path, "--token-file").expect("a token");
+        assert_eq!(token.expose_secret(), "t0ken");
+        std::fs::write(&path, b"\xff\xfe").expect("write");
+        let err = read_token(&path, "--token-file").expect_err("not UTF-8");
+        assert_eq!(err.to_string(), "--token-file: not UTF-8");
+        std::fs::write(&path, "\n").expect("write");
+        let err = read_token(&path, "--token-file").expect_err("empty");
+        assert!(err.to_string().ends_with("the file is empty"), "{err}");
+    }
 }
