@@ -52,16 +52,6 @@ pub struct TokenReviewArgs {
     pub token_review_cache_max_entries: usize,
 }
 
-impl Default for TokenReviewArgs {
-    /// The flags' defaults.
-    fn default() -> Self {
-        Self {
-            token_review_cache_ttl: Duration::from_secs(10),
-            token_review_cache_max_entries: 4096,
-        }
-    }
-}
-
 /// Why a token could not be reviewed (the apiserver did not answer).
 #[derive(Debug, thiserror::Error)]
 pub enum ReviewError {
@@ -111,7 +101,7 @@ impl fmt::Debug for CachedToken {
     }
 }
 
-/// Checks relay callers.
+/// The verdicts, per token.
 #[derive(Default)]
 struct Cache {
     verdicts: HashMap<CachedToken, (Instant, Verdict)>,
@@ -120,6 +110,7 @@ struct Cache {
     last: Option<(CachedToken, Instant, Verdict)>,
 }
 
+/// Checks callers by TokenReview against the allow-list.
 pub struct Callers {
     client: kube::Client,
     allowed: HashSet<String>,

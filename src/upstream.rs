@@ -49,3 +49,22 @@ impl PoolArgs {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_timeout_of_zero_is_refused() {
+        let mut args = PoolArgs {
+            upstream_max_idle_per_origin: 0,
+            upstream_idle_timeout: Duration::from_secs(90),
+        };
+        assert_eq!(args.limits().expect("valid").max_idle_per_origin, 0);
+        args.upstream_idle_timeout = Duration::ZERO;
+        assert_eq!(
+            args.limits().expect_err("zero").to_string(),
+            "--upstream-idle-timeout must be above 0"
+        );
+    }
+}

@@ -68,16 +68,6 @@ pub struct LookupCache {
     pub max_entries: usize,
 }
 
-impl Default for LookupCache {
-    /// The flags' defaults.
-    fn default() -> Self {
-        Self {
-            ttl: Duration::from_secs(5),
-            max_entries: 1024,
-        }
-    }
-}
-
 struct Cached {
     at: Instant,
     service: Arc<Service>,
@@ -129,7 +119,12 @@ impl Directory {
     /// Names by DNS (or `statics`) only, with no API to read Services
     /// through: for upstreams that are not the cluster's Services.
     pub fn dns(statics: HashMap<String, IpAddr>) -> Self {
-        Self::new(None, Resolution::Dns, statics, LookupCache::default())
+        // Without an API nothing is ever looked up, so nothing is cached.
+        let nothing = LookupCache {
+            ttl: Duration::ZERO,
+            max_entries: 0,
+        };
+        Self::new(None, Resolution::Dns, statics, nothing)
     }
 
     /// The port to dial for `target`.

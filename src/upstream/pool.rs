@@ -36,8 +36,9 @@ pub struct PoolLimits {
     pub idle_timeout: Duration,
 }
 
+// The flags' defaults, for tests; the flags are the one source otherwise.
+#[cfg(test)]
 impl Default for PoolLimits {
-    /// The flags' defaults.
     fn default() -> Self {
         Self {
             max_idle_per_origin: 64,
