@@ -201,8 +201,10 @@ pub struct Args {
     pub max_answer_bytes: u64,
 
     /// Extra CA bundle (PEM) for the API and https targets, besides the
-    /// system's trust anchors (the agent's image has none; see the README,
-    /// "Trust"). Repeat for several.
+    /// system's trust anchors (SSL_CERT_FILE and SSL_CERT_DIR are
+    /// honoured). The agent's image has none: there only these files are
+    /// trusted, and without them an https API or target is refused. Repeat
+    /// for several.
     #[arg(
         long = "ca-file",
         env = "CLUSTER_RELAY_CA_FILES",

@@ -135,8 +135,10 @@ pub struct Args {
     pub resolution_cache_max_entries: usize,
 
     /// CA bundle (PEM) that https target Services are verified with,
-    /// besides the system's trust anchors (the agent's image has none; see
-    /// the README, "Trust"). Repeat for several files.
+    /// besides the system's trust anchors (SSL_CERT_FILE and SSL_CERT_DIR
+    /// are honoured). The agent's image has none: there only these files
+    /// are trusted, and without them https targets are refused. Repeat for
+    /// several files.
     #[arg(
         long = "upstream-ca-file",
         env = "CLUSTER_RELAY_UPSTREAM_CA_FILES",

@@ -87,8 +87,9 @@ pub struct Args {
     pub backend_timeout: Duration,
 
     /// Extra CA bundle (PEM) for https backends, besides the system's trust
-    /// anchors (the agent's image has none; see the README, "Trust").
-    /// Repeat for several.
+    /// anchors (SSL_CERT_FILE and SSL_CERT_DIR are honoured). The agent's
+    /// image has none: there only these files are trusted, and without them
+    /// https backends are refused. Repeat for several.
     #[arg(
         long = "backend-ca-file",
         env = "CLUSTER_RELAY_BACKEND_CA_FILES",
