@@ -26,7 +26,7 @@ use super::{
     metrics::ForwarderMetrics,
     rate::RateGate,
 };
-use crate::upstream::forward::Upstream;
+use crate::upstream::forward::{ForwardError, Upstream};
 
 /// GitHub's REST API version the requests are written against.
 const API_VERSION: &str = "2022-11-28";
@@ -36,7 +36,9 @@ pub enum ApiError {
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("transport: {0}")]
-    Transport(String),
+    Transport(#[source] ForwardError),
+    #[error("transport: reading the answer: {0}")]
+    Answer(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("rate limited; no requests for {0:?}")]
     RateLimited(Duration),
     #[error("{status}: {message}")]
@@ -213,12 +215,12 @@ impl Api {
                 .http
                 .send(request)
                 .await
-                .map_err(|err| ApiError::Transport(err.to_string()))?;
+                .map_err(ApiError::Transport)?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, self.inner.max_body)
                 .collect()
                 .await
-                .map_err(|err| ApiError::Transport(format!("reading the answer: {err}")))?
+                .map_err(ApiError::Answer)?
                 .to_bytes();
             Ok::<_, ApiError>(Answer {
                 status: parts.status,
