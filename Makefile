@@ -10,6 +10,7 @@
 #   make ocm    OCM's hub controllers and klusterlet agent (hack/build-ocm.sh)
 #   make e2e    the add-on deployed by OCM in hosted mode (tests/e2e_ocm.rs)
 #   make test-oldest  the suites that talk to Kubernetes, against 1.20.2
+#   make deny   cargo deny check bans licenses sources (deny.toml; in make test)
 # hack/install-deps.sh installs system packages and builds kube-apiserver
 # 1.20.2 (the oldest supported); hack/build-kubernetes.sh builds the current
 # release; hack/build-ocm.sh builds Open Cluster Management. They cache
@@ -22,6 +23,9 @@ CACHE := $(or $(CLUSTER_RELAY_CACHE),/var/cache/cluster-relay)
 export KUBE_VERSION ?= 1.37.2
 export KUBE_BIN ?= $(CACHE)/kubernetes-$(KUBE_VERSION)-r1
 OLDEST_APISERVER := $(CACHE)/kube-apiserver-1.20.2-r1
+# Installed by hack/install-deps.sh with cargo install, cached by version.
+export CARGO_DENY_VERSION ?= 0.20.2
+CARGO_DENY := $(CACHE)/cargo-deny-$(CARGO_DENY_VERSION)/bin/cargo-deny
 # The newest OCM release whose module the Go proxy serves (hack/build-ocm.sh).
 export OCM_VERSION ?= 1.2.1
 export OCM_DIR ?= $(CACHE)/ocm-$(OCM_VERSION)-r1
@@ -32,7 +36,7 @@ GOFMT := $(or $(wildcard /usr/local/go/bin/gofmt),gofmt)
 OLDEST_SUITES := apiserver_relay apiserver_relay_tcp provisioner service_relay \
 	service_relay_exit read_cache chart
 
-.PHONY: all deps deps-bench build release fmt-check lint go-check sh-check unit test \
+.PHONY: all deps deps-bench build release fmt-check lint deny go-check sh-check unit test \
 	test-oldest images image order-file addon-manager ocm e2e demo bench clean
 
 all: build
@@ -52,11 +56,17 @@ release:
 	$(CARGO) build --locked --release
 
 fmt-check:
-	$(CARGO) fmt --check
+	$(CARGO) fmt --all --check
 
 lint: go-check sh-check
 	bash hack/check-layers.sh
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+
+# Bans (duplicate versions, wildcards), licenses and sources of every
+# dependency, by deny.toml. Not advisories: the advisory database cannot be
+# fetched from this machine (README, Tests).
+deny: deps
+	$(CARGO_DENY) --locked check bans licenses sources
 
 # Every Go module of the repository (each directory with a go.mod: the
 # add-on manager, the e2e's echo image, the go-github client) is
@@ -81,7 +91,7 @@ unit:
 # Test binaries run one after another; the tests inside one binary share its
 # control planes (tests/support), so use cargo test rather than nextest.
 # Not --all-targets: that would run the benchmarks (harness = false) as tests.
-test: deps fmt-check lint images
+test: deps fmt-check lint deny images
 	$(CARGO) test --locked --lib --bins --tests
 	$(MAKE) test-oldest
 

@@ -199,11 +199,15 @@ running() {
 # A pid file counts only while its process still runs from this DIR, so a
 # recycled pid is never signalled.
 live_pid() {
-  local dir=$1 what=$2 pid
+  local dir=$1 what=$2 pid args
   [ -f "$dir/$what.pid" ] || return 1
   pid=$(cat "$dir/$what.pid")
   # An argument is DIR itself (this script, before it execs) or a path in it.
-  [ -r "/proc/$pid/cmdline" ] && tr '\0' '\n' <"/proc/$pid/cmdline" | grep -qE -- "^$dir(/|\$)" || return 1
+  [ -r "/proc/$pid/cmdline" ] || return 1
+  # Read whole first: with pipefail, `tr ... | grep -q` fails when grep
+  # exits before tr has written everything.
+  args=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+  grep -qE -- "^$dir(/|\$)" <<<"$args" || return 1
   echo "$pid"
 }
 

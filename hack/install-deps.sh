@@ -10,6 +10,7 @@
 #     /var/cache/cluster-relay); the current release is hack/build-kubernetes.sh's
 #   - benchmark peers (socat, haproxy, nginx-light, iperf3, wrk) with --bench
 #   - the Helm SDK for Python with --helm
+#   - cargo-deny (make deny), built with cargo install into the cache
 #   - PyGithub for the read-cache ETag profile tests
 #   - the GitHub client libraries tests/read_cache_clients.rs runs: Octokit
 #     (npm ci in tests/clients/octokit) and go-github (its Go module's
@@ -35,9 +36,12 @@ log() { printf 'install-deps: %s\n' "$*" >&2; }
 
 apt_updated=0
 apt_install() {
-  local missing=()
+  local missing=() status
   for pkg in "$@"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+    # Captured first: with pipefail, `producer | grep -q` fails when grep
+    # exits before the producer has written everything.
+    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+    [ "$status" = "install ok installed" ] || missing+=("$pkg")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ $apt_updated -eq 0 ]; then
@@ -57,10 +61,28 @@ if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet container
   systemctl stop containerd || true
   systemctl disable containerd >/dev/null 2>&1 || true
 fi
-if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
-  log "rustup target add x86_64-unknown-linux-musl"
-  rustup target add x86_64-unknown-linux-musl >&2
+if command -v rustup >/dev/null 2>&1; then
+  targets=$(rustup target list --installed)
+  if ! grep -qx x86_64-unknown-linux-musl <<<"$targets"; then
+    log "rustup target add x86_64-unknown-linux-musl"
+    rustup target add x86_64-unknown-linux-musl >&2
+  fi
 fi
+
+# --- cargo-deny (make deny, in make test) --------------------------------------
+# From crates.io with its own lockfile, into the cache keyed by version (the
+# Makefile runs it from there); a few minutes, once.
+CARGO_DENY_VERSION=${CARGO_DENY_VERSION:-0.20.2}
+cargo_deny_root="$CACHE/cargo-deny-$CARGO_DENY_VERSION"
+if [ ! -x "$cargo_deny_root/bin/cargo-deny" ]; then
+  log "cargo install cargo-deny $CARGO_DENY_VERSION"
+  rm -rf "$cargo_deny_root.tmp"
+  cargo install --locked --quiet --version "$CARGO_DENY_VERSION" \
+    --root "$cargo_deny_root.tmp" cargo-deny
+  rm -rf "$cargo_deny_root"
+  mv "$cargo_deny_root.tmp" "$cargo_deny_root"
+fi
+# --- end cargo-deny -------------------------------------------------------------
 # Debian starts etcd as a service on install; the tests run their own.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
   systemctl stop etcd || true

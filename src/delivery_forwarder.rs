@@ -29,7 +29,7 @@ use std::{path::PathBuf, time::Duration};
 pub use self::leading::run;
 use crate::{
     admin::AdminArgs, flags::parse_bytes, kube_client::KubeArgs, leader::LeaderArgs,
-    shutdown::ShutdownArgs,
+    shutdown::ShutdownArgs, upstream::PoolArgs,
 };
 
 /// The environment variable that may hold the API token itself.
@@ -201,13 +201,19 @@ pub struct Args {
     pub max_answer_bytes: u64,
 
     /// Extra CA bundle (PEM) for the API and https targets, besides the
-    /// system's. Repeat for several.
+    /// system's trust anchors (SSL_CERT_FILE and SSL_CERT_DIR are
+    /// honoured). The agent's image has none: there only these files are
+    /// trusted, and without them an https API or target is refused. Repeat
+    /// for several.
     #[arg(
         long = "ca-file",
         env = "CLUSTER_RELAY_CA_FILES",
         value_delimiter = ','
     )]
     pub ca_files: Vec<PathBuf>,
+
+    #[command(flatten)]
+    pub pool: PoolArgs,
 
     #[command(flatten)]
     pub admin: AdminArgs,

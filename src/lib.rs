@@ -16,13 +16,17 @@
 //!   kube-apiserver.
 //! - [`coalesce`]: merges concurrent identical lookups into one.
 //! - [`http_server`]: the HTTP server loop shared by the HTTP components.
-//! - [`tls`]: `--tls-cert-file` / `--tls-key-file`, HTTPS for those servers.
+//! - [`tls`]: the one place rustls is configured: `--tls-cert-file` /
+//!   `--tls-key-file` for those servers, the upstream client configuration,
+//!   and trust anchors (the system's plus CA files, one policy).
 //! - [`flags`]: flag value parsers several subcommands share (byte counts,
 //!   secrets from files).
 //! - [`signature`]: the forge's webhook signatures (X-Hub-Signature-256).
+//! - [`token_review`]: callers checked by TokenReview against an allow-list,
+//!   with a bounded verdict cache.
 //! - [`upstream`]: the layer below the HTTP features: service targets and
-//!   header names, Service address lookup, the pooled upstream client, and
-//!   TokenReview'd callers. No feature imports another feature.
+//!   header names, Service address lookup, and the one pooled upstream
+//!   client with its typed errors. No feature imports another feature.
 //! - [`service_relay`]: `agent service-relay`, HTTP to managed Services through
 //!   the managed apiserver, with the caller's Authorization restored.
 //! - [`provisioner`]: `agent provision-kubeconfig`, short-lived managed
@@ -53,5 +57,6 @@ pub mod shutdown;
 pub mod signature;
 pub mod telemetry;
 pub mod tls;
+pub mod token_review;
 pub mod upstream;
 pub mod webhook_fanout;

@@ -35,11 +35,12 @@ use self::{
 };
 use crate::{
     admin::{AdminArgs, AdminState, Readiness},
-    flags::parse_bytes,
+    flags::{as_usize, parse_bytes},
     http_server::{self, Body, Handler, ServeArgs},
     kube_client::KubeArgs,
     net,
     shutdown::{Shutdown, ShutdownArgs},
+    upstream::{PoolArgs, pool::PoolLimits},
 };
 
 /// Which upstream the cache stands in front of.
@@ -102,6 +103,9 @@ pub struct Args {
     pub response_timeout: Duration,
 
     #[command(flatten)]
+    pub pool: PoolArgs,
+
+    #[command(flatten)]
     pub kubernetes: KubernetesArgs,
 
     #[command(flatten)]
@@ -128,6 +132,8 @@ pub struct Common {
     pub cache_ttl: Duration,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    /// The upstream pool's bounds.
+    pub pool: PoolLimits,
 }
 
 // One per process, built once: the size of its variants does not matter.
@@ -173,9 +179,6 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     if args.max_object_bytes > args.max_bytes {
         anyhow::bail!("--max-object-bytes cannot exceed --max-bytes");
     }
-    let as_usize = |value: u64, flag: &str| {
-        usize::try_from(value).map_err(|_| anyhow::anyhow!("{flag} is too large for this machine"))
-    };
     let store = Arc::new(Store::new(as_usize(args.max_bytes, "--max-bytes")?));
     let common = Common {
         store: store.clone(),
@@ -183,6 +186,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
         cache_ttl: args.cache_ttl,
         connect_timeout: args.connect_timeout,
         response_timeout: args.response_timeout,
+        pool: args.pool.limits()?,
     };
     let registry = Registry::new();
     let readiness = Readiness::default();

@@ -10,23 +10,25 @@ mod exit;
 mod h1;
 mod metrics;
 
-// The shared upstream layer, under the names this module's parts use.
-use crate::upstream::{caller, directory, forward, headers, pool, target};
+// The shared layers, under the names this module's parts use.
+use crate::{
+    token_review as caller,
+    upstream::{directory, forward, headers, pool, target},
+};
 
 use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use prometheus::Registry;
-use rustls::RootCertStore;
 
 pub use self::directory::Resolution;
 use self::{
     caller::Callers,
-    directory::{Directory, parse_resolve},
+    directory::{Directory, LookupCache, parse_resolve},
     entry::{Entry, ExitService, Mode},
     exit::Exit,
-    forward::{KubeconfigUpstream, Limits, Upstream, UpstreamConfig, add_roots_from_files},
+    forward::{KubeconfigUpstream, Limits, Upstream, UpstreamConfig},
     metrics::RelayMetrics,
 };
 use crate::{
@@ -36,6 +38,9 @@ use crate::{
     managed_kubeconfig::ManagedKubeconfigArgs,
     net,
     shutdown::{Shutdown, ShutdownArgs},
+    tls::trust_roots,
+    token_review::TokenReviewArgs,
+    upstream::PoolArgs,
 };
 
 /// Which side of the relay this process is.
@@ -102,9 +107,8 @@ pub struct Args {
     )]
     pub allowed_callers: Vec<String>,
 
-    /// Exit: how long a caller's TokenReview verdict is reused.
-    #[arg(long, env = "CLUSTER_RELAY_TOKEN_REVIEW_CACHE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub token_review_cache_ttl: Duration,
+    #[command(flatten)]
+    pub token_review: TokenReviewArgs,
 
     /// How target Services are found: dns (`<name>.<ns>.svc`) or endpoints
     /// (ready Endpoints addresses read through the API; exit role).
@@ -116,8 +120,25 @@ pub struct Args {
     #[arg(long = "resolve", env = "CLUSTER_RELAY_RESOLVE", value_delimiter = ',', value_parser = parse_resolve)]
     pub resolve: Vec<(String, std::net::IpAddr)>,
 
-    /// CA bundle (PEM) that https target Services are verified with.
-    /// Repeat for several files.
+    /// Exit: how long a Service (and its Endpoints) read through the API,
+    /// for --resolution endpoints or a named or default port, is reused.
+    #[arg(long, env = "CLUSTER_RELAY_RESOLUTION_CACHE_TTL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub resolution_cache_ttl: Duration,
+
+    /// Exit: most Services held in that cache; past it, expired lookups
+    /// are dropped, and all of them if none has expired.
+    #[arg(
+        long,
+        env = "CLUSTER_RELAY_RESOLUTION_CACHE_MAX_ENTRIES",
+        default_value_t = 1024
+    )]
+    pub resolution_cache_max_entries: usize,
+
+    /// CA bundle (PEM) that https target Services are verified with,
+    /// besides the system's trust anchors (SSL_CERT_FILE and SSL_CERT_DIR
+    /// are honoured). The agent's image has none: there only these files
+    /// are trusted, and without them https targets are refused. Repeat for
+    /// several files.
     #[arg(
         long = "upstream-ca-file",
         env = "CLUSTER_RELAY_UPSTREAM_CA_FILES",
@@ -143,6 +164,9 @@ pub struct Args {
         default_value_t = 0
     )]
     pub max_request_body_bytes: u64,
+
+    #[command(flatten)]
+    pub pool: PoolArgs,
 
     #[command(flatten)]
     pub serve: ServeArgs,
@@ -196,13 +220,13 @@ impl Handler for Served {
 pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     // Checked before anything is bound or started.
     let server = args.serve.config()?;
-    let mut roots = RootCertStore::empty();
-    add_roots_from_files(&mut roots, &args.upstream_ca_files, "--upstream-ca-file")?;
+    let roots = trust_roots(&args.upstream_ca_files, "--upstream-ca-file")?;
     let statics: HashMap<_, _> = args.resolve.iter().cloned().collect();
     let limits = Limits {
         connect_timeout: args.connect_timeout,
         response_timeout: args.response_timeout,
         max_body_bytes: (args.max_request_body_bytes > 0).then_some(args.max_request_body_bytes),
+        pool: args.pool.limits()?,
     };
     let registry = Registry::new();
     let readiness = Readiness::default();
@@ -214,7 +238,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
                     "--direct resolves Services by DNS or --resolve; --resolution endpoints is for the exit role"
                 );
             }
-            let directory = Directory::new(None, Resolution::Dns, statics, Duration::from_secs(5));
+            let directory = Directory::dns(statics);
             let upstream = Upstream::new(UpstreamConfig {
                 roots,
                 server_name: None,
@@ -254,7 +278,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
             let callers = Callers::new(
                 client.clone(),
                 args.allowed_callers.clone(),
-                args.token_review_cache_ttl,
+                args.token_review,
                 args.connect_timeout + args.response_timeout,
             );
             let check = readiness.check("allowed-callers");
@@ -268,7 +292,10 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
                 Some(client),
                 args.resolution,
                 statics,
-                Duration::from_secs(5),
+                LookupCache {
+                    ttl: args.resolution_cache_ttl,
+                    max_entries: args.resolution_cache_max_entries,
+                },
             );
             let upstream = Upstream::new(UpstreamConfig {
                 roots,

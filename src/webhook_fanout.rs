@@ -15,7 +15,6 @@ mod metrics;
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use prometheus::Registry as MetricsRegistry;
-use secrecy::SecretString;
 
 use self::{
     backends::{BackendSpec, Registry},
@@ -27,16 +26,18 @@ use self::{
 };
 use crate::{
     admin::{AdminArgs, AdminState, Readiness},
-    flags::{parse_bytes, read_secret},
+    flags::{as_usize, parse_bytes, read_token, secret_from_file_or_env},
     http_server::{self, ServeArgs},
     kube_client::KubeArgs,
     net,
     shutdown::{Shutdown, ShutdownArgs},
     signature::{self, SECRET_ENV},
+    tls::trust_roots,
+    token_review::{Callers, TokenReviewArgs},
     upstream::{
-        caller::Callers,
-        directory::{Directory, Resolution},
-        forward::{Limits, Upstream, UpstreamConfig, roots},
+        PoolArgs,
+        directory::Directory,
+        forward::{Limits, Upstream, UpstreamConfig},
     },
 };
 
@@ -85,8 +86,10 @@ pub struct Args {
     #[arg(long, env = "CLUSTER_RELAY_BACKEND_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub backend_timeout: Duration,
 
-    /// Extra CA bundle (PEM) for https backends, besides the system's.
-    /// Repeat for several.
+    /// Extra CA bundle (PEM) for https backends, besides the system's trust
+    /// anchors (SSL_CERT_FILE and SSL_CERT_DIR are honoured). The agent's
+    /// image has none: there only these files are trusted, and without them
+    /// https backends are refused. Repeat for several.
     #[arg(
         long = "backend-ca-file",
         env = "CLUSTER_RELAY_BACKEND_CA_FILES",
@@ -150,9 +153,19 @@ pub struct Args {
     )]
     pub admin_users: Vec<String>,
 
+    /// Time the TokenReview of an --admin-user caller has to answer.
+    #[arg(long, env = "CLUSTER_RELAY_TOKEN_REVIEW_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub token_review_timeout: Duration,
+
+    #[command(flatten)]
+    pub token_review: TokenReviewArgs,
+
     /// Most backends, fixed and runtime ones together.
     #[arg(long, env = "CLUSTER_RELAY_MAX_BACKENDS", default_value_t = 64)]
     pub max_backends: usize,
+
+    #[command(flatten)]
+    pub pool: PoolArgs,
 
     #[command(flatten)]
     pub serve: ServeArgs,
@@ -171,11 +184,12 @@ pub struct Args {
 pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     // Checked before anything is bound or started.
     let server = args.serve.config()?;
-    let secret = match (&args.secret_file, std::env::var_os(SECRET_ENV)) {
-        (Some(path), _) => read_secret(path, "--secret-file")?,
-        (None, Some(value)) if !value.is_empty() => value.into_encoded_bytes(),
-        _ => anyhow::bail!("the webhook secret is required: --secret-file or {SECRET_ENV}"),
-    };
+    let secret = secret_from_file_or_env(
+        args.secret_file.as_ref(),
+        "--secret-file",
+        SECRET_ENV,
+        "the webhook secret",
+    )?;
     if args.max_in_flight == 0 || args.max_backends == 0 {
         anyhow::bail!("--max-in-flight and --max-backends must be at least 1");
     }
@@ -201,10 +215,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     );
     let admin = if args.enable_dynamic_backends {
         let token = match &args.admin_token_file {
-            Some(path) => Some(SecretString::from(
-                String::from_utf8(read_secret(path, "--admin-token-file")?)
-                    .map_err(|_| anyhow::anyhow!("--admin-token-file: not UTF-8"))?,
-            )),
+            Some(path) => Some(read_token(path, "--admin-token-file")?),
             None => None,
         };
         let callers = if args.admin_users.is_empty() {
@@ -213,8 +224,8 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
             Some(Callers::new(
                 args.kube.client().await?,
                 args.admin_users.clone(),
-                Duration::from_secs(10),
-                Duration::from_secs(10),
+                args.token_review,
+                args.token_review_timeout,
             ))
         };
         if token.is_none() && callers.is_none() {
@@ -239,18 +250,14 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     let metrics = FanoutMetrics::new(&registry_metrics);
     let upstream = Upstream::new(UpstreamConfig {
-        roots: roots(&args.backend_ca_files, "--backend-ca-file")?,
+        roots: trust_roots(&args.backend_ca_files, "--backend-ca-file")?,
         server_name: None,
-        directory: Directory::new(
-            None,
-            Resolution::Dns,
-            Default::default(),
-            Duration::from_secs(5),
-        ),
+        directory: Directory::dns(Default::default()),
         limits: Limits {
             connect_timeout: args.backend_timeout,
             response_timeout: args.backend_timeout,
             max_body_bytes: None,
+            pool: args.pool.limits()?,
         },
     })?;
     let dispatcher = Dispatcher::new(
@@ -312,9 +319,6 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
         },
     )?;
     let listener = net::listen(args.listen_addr, "--listen-addr", "webhook")?;
-    let as_usize = |value: u64, flag: &str| {
-        usize::try_from(value).map_err(|_| anyhow::anyhow!("{flag} is too large for this machine"))
-    };
     let inbound = Inbound {
         verifier: Verifier::new(secret, args.allow_sha1_signatures),
         journal,

@@ -367,7 +367,14 @@ fn keypair(dir: &Path, name: &str) -> (PathBuf, String) {
         .expect("openssl runs");
     assert!(status.status.success(), "{status:?}");
     let status = Command::new("openssl")
-        .args(["rsa", "-in", path(&key), "-pubout", "-out", path(&public)])
+        .args([
+            "rsa",
+            "-in",
+            path(&key),
+            "-RSAPublicKey_out",
+            "-out",
+            path(&public),
+        ])
         .output()
         .expect("openssl runs");
     assert!(status.status.success(), "{status:?}");

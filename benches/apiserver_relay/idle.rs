@@ -23,13 +23,15 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use bench_support::{
+    procs::{self, Proc},
+    report::{self, Table},
+};
 use tokio::io::AsyncReadExt as _;
 
 use crate::{
     Cpus,
     peers::{self, Proxy, Tools},
-    procs::{self, Proc},
-    report::{self, Table},
 };
 
 /// The hidden first argument that turns the bench binary into the hold

@@ -5,6 +5,10 @@
 //! byte, which is what a client opening a fresh connection to the apiserver
 //! waits for on top of the TLS handshake.
 
+use bench_support::{
+    procs::{self, OtherLoad},
+    report::{self, Table},
+};
 use std::{
     io::{self, Read as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
@@ -16,8 +20,6 @@ use std::{
 use crate::{
     Cpus,
     peers::{self, Tools},
-    procs::{self, OtherLoad},
-    report::{self, Table},
 };
 
 pub struct Params {

@@ -10,9 +10,8 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use bench_support::procs::{self, Proc};
 use kube::config::{Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext};
-
-use crate::procs::{self, Proc};
 
 /// How long a process may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(10);

@@ -2,11 +2,9 @@
 //! then each of the team's targets with its figure (printed, not
 //! asserted).
 
-use crate::{
-    idle, latency,
-    report::{self, Table},
-    throughput,
-};
+use bench_support::report::{self, Table};
+
+use crate::{idle, latency, throughput};
 
 /// How a summary row shows one proxy's idle-memory figure.
 type ShowMeasured = fn(&idle::Measured) -> String;

@@ -7,12 +7,14 @@
 use std::{fs, net::SocketAddr, path::Path, process::Stdio, time::Duration, time::Instant};
 
 use anyhow::{Context as _, bail};
+use bench_support::{
+    procs::{self, OtherLoad, Proc},
+    report::{self, Table},
+};
 
 use crate::{
     Cpus,
     peers::{self, Tools},
-    procs::{self, OtherLoad, Proc},
-    report::{self, Table},
 };
 
 pub struct Params {

@@ -16,8 +16,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-
-use crate::{
+use bench_support::{
     procs::{self, Proc},
     servers::{self, Document, Server},
 };

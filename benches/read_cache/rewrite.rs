@@ -8,14 +8,13 @@
 
 use std::{hint::black_box, io::Write as _, time::Duration, time::Instant};
 
+use bench_support::report::{self, Table};
 use cluster_relay::read_cache::etag::{
     rewrite::{self, Outcome},
     upstream::Upstream,
 };
 use http::{HeaderMap, HeaderValue, header};
 use serde_json::{Value, json};
-
-use crate::report::{self, Table};
 
 const UPSTREAM: &str = "https://api.github.com";
 const PUBLIC_BASE: &str = "http://read-cache.c1.svc:7445";

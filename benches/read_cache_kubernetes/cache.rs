@@ -9,8 +9,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-
-use crate::procs::{self, Proc};
+use bench_support::procs::{self, Proc};
 
 /// How long the cache may take to listen and to have its watch in sync.
 const START_TIMEOUT: Duration = Duration::from_secs(30);

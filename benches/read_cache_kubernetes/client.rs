@@ -10,6 +10,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use bench_support::procs;
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt as _, Empty};
@@ -18,8 +19,7 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
-
-use crate::procs;
+use rustls::pki_types::{CertificateDer, pem::PemObject};
 
 /// A whole response.
 pub struct Answer {
@@ -50,7 +50,7 @@ impl HttpClient {
     /// Trusts `ca_pem` for https; plain http works too.
     pub fn new(ca_pem: &str) -> anyhow::Result<HttpClient> {
         let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
             roots.add(cert.context("the plane's CA is PEM")?)?;
         }
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(

@@ -14,16 +14,18 @@
 use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, bail};
+use bench_support::{
+    procs::{self, OtherLoad},
+    report,
+    wrk::{self, Settings},
+};
 use http::StatusCode;
 use tokio::runtime::Runtime;
 
 use crate::{
     cache::Cache,
     client::{self, Answer, HttpClient},
-    procs::{self, OtherLoad},
-    report,
     setup::Cluster,
-    wrk::{self, Settings},
 };
 
 /// One way to the ConfigMaps.

@@ -13,6 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use bench_support::{controlplane::ControlPlane, procs};
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
@@ -21,7 +22,7 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
 };
 
-use crate::{client::HttpClient, controlplane::ControlPlane, procs};
+use crate::client::HttpClient;
 
 /// Where the ConfigMaps and both ServiceAccounts live.
 pub const NAMESPACE: &str = "bench";

@@ -3,12 +3,10 @@
 //! and of what authorization and the cache did during the runs, then the
 //! issue's target with its ratios (printed, not asserted).
 
+use bench_support::report::{self, Table};
 use std::time::Duration;
 
-use crate::{
-    measure::{Row, Variant},
-    report::{self, Table},
-};
+use crate::measure::{Row, Variant};
 
 /// The rows' names, as the bench gives them.
 pub const DIRECT: &str = "direct (apiserver, https)";

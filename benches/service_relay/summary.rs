@@ -2,7 +2,7 @@
 //! issue's target with its figures (printed, not asserted) and whether every
 //! run's responses were good.
 
-use crate::{
+use bench_support::{
     measure::{self, Row},
     report::{self, Table},
 };

@@ -40,8 +40,12 @@ k() { local c=$1; shift; kubectl --context "$(ctx "$c")" "$@"; }
 
 up() {
   mkdir -p "$WORK"
+  local clusters
+  # Listed first: with pipefail, `kind get clusters | grep -q` fails when
+  # grep exits before kind has written everything.
+  clusters=$(kind get clusters)
   for c in hub hosting managed; do
-    kind get clusters | grep -qx "$c" || kind create cluster --name "$c"
+    grep -qx "$c" <<<"$clusters" || kind create cluster --name "$c"
   done
   log "Open Cluster Management on hub"
   clusteradm init --wait --context "$(ctx hub)"

@@ -5,45 +5,45 @@
 //! configured secret, so a receiver that checks signatures (such as
 //! `agent webhook-fanout`) accepts it unchanged.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, Uri, header};
-use http_body_util::{BodyExt, Full};
-use hyper_rustls::HttpsConnector;
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
+use http_body_util::BodyExt;
 use rustls::RootCertStore;
 use secrecy::{ExposeSecret, SecretBox};
 
 use super::github::Detail;
-use crate::signature::sign_sha256;
+use crate::{
+    signature::sign_sha256,
+    tls::TlsError,
+    upstream::{
+        directory::Directory,
+        forward::{ForwardError, Limits, Upstream, UpstreamConfig},
+        pool::PoolLimits,
+    },
+};
 
-/// A pooled HTTP/1.1 client for http and https.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
-/// Builds the client the API and the targets share.
-pub fn http_client(roots: RootCertStore, connect_timeout: Duration) -> anyhow::Result<HttpClient> {
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let mut connector = HttpConnector::new();
-    connector.enforce_http(false);
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(connector);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(https))
+/// Builds the client the API and the targets share: the shared pooled
+/// client, with the trust anchors of [`crate::tls`] (the system's plus
+/// `--ca-file`). `timeout` bounds connecting and a response head; each
+/// caller bounds its whole exchange besides.
+pub fn http_client(
+    roots: RootCertStore,
+    timeout: Duration,
+    pool: PoolLimits,
+) -> Result<Upstream, TlsError> {
+    Upstream::new(UpstreamConfig {
+        roots,
+        server_name: None,
+        directory: Directory::dns(Default::default()),
+        limits: Limits {
+            connect_timeout: timeout,
+            response_timeout: timeout,
+            max_body_bytes: None,
+            pool,
+        },
+    })
 }
 
 /// Why a send to the target did not land; the reason goes to the dead
@@ -55,14 +55,14 @@ pub enum SendError {
     #[error("no answer from the target within {0:?}")]
     Timeout(Duration),
     #[error("cannot reach the target: {0}")]
-    Transport(String),
+    Transport(#[source] ForwardError),
     #[error("the recorded delivery cannot be replayed: {0}")]
     Unreplayable(String),
 }
 
 /// Sends deliveries to targets.
 pub struct Sender {
-    client: HttpClient,
+    client: Upstream,
     timeout: Duration,
     secret: SecretBox<[u8]>,
 }
@@ -139,7 +139,7 @@ pub fn replay(
 }
 
 impl Sender {
-    pub fn new(client: HttpClient, timeout: Duration, secret: Vec<u8>) -> Self {
+    pub fn new(client: Upstream, timeout: Duration, secret: Vec<u8>) -> Self {
         Self {
             client,
             timeout,
@@ -155,14 +155,14 @@ impl Sender {
             request = request.header(name, value);
         }
         let request = request
-            .body(Full::new(body))
+            .body(body)
             .map_err(|err| SendError::Unreplayable(err.to_string()))?;
         let exchange = async {
             let response = self
                 .client
-                .request(request)
+                .send(request)
                 .await
-                .map_err(|err| SendError::Transport(format!("{err:#}")))?;
+                .map_err(SendError::Transport)?;
             let status = response.status();
             // Drain (bounded by the timeout) so the connection is reused.
             let _ = response.into_body().collect().await;

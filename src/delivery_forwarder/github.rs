@@ -16,17 +16,17 @@ use std::{
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, de::DeserializeOwned};
 
 use super::{
     auth::{App, Credentials},
     config::Source,
-    forward::HttpClient,
     metrics::ForwarderMetrics,
     rate::RateGate,
 };
+use crate::upstream::forward::{ForwardError, Upstream};
 
 /// GitHub's REST API version the requests are written against.
 const API_VERSION: &str = "2022-11-28";
@@ -36,7 +36,9 @@ pub enum ApiError {
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("transport: {0}")]
-    Transport(String),
+    Transport(#[source] ForwardError),
+    #[error("transport: reading the answer: {0}")]
+    Answer(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("rate limited; no requests for {0:?}")]
     RateLimited(Duration),
     #[error("{status}: {message}")]
@@ -131,7 +133,7 @@ pub struct Api {
 
 struct Inner {
     base: String,
-    http: HttpClient,
+    http: Upstream,
     timeout: Duration,
     max_body: usize,
     credentials: Credentials,
@@ -155,7 +157,7 @@ enum As<'a> {
 impl Api {
     pub fn new(
         base: &str,
-        http: HttpClient,
+        http: Upstream,
         timeout: Duration,
         max_body: usize,
         credentials: Credentials,
@@ -205,20 +207,20 @@ impl Api {
             request = request.header(header::CONTENT_TYPE, "application/json");
         }
         let request = request
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .body(Bytes::from(body.unwrap_or_default()))
             .map_err(|err| ApiError::Decode(format!("building {url}: {err}")))?;
         let exchange = async {
             let response = self
                 .inner
                 .http
-                .request(request)
+                .send(request)
                 .await
-                .map_err(|err| ApiError::Transport(format!("{err:#}")))?;
+                .map_err(ApiError::Transport)?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, self.inner.max_body)
                 .collect()
                 .await
-                .map_err(|err| ApiError::Transport(format!("reading the answer: {err}")))?
+                .map_err(ApiError::Answer)?
                 .to_bytes();
             Ok::<_, ApiError>(Answer {
                 status: parts.status,
@@ -533,6 +535,7 @@ mod tests {
             super::super::forward::http_client(
                 rustls::RootCertStore::empty(),
                 Duration::from_secs(1),
+                Default::default(),
             )
             .expect("a client"),
             Duration::from_secs(1),

@@ -28,11 +28,11 @@ use super::{
 };
 use crate::{
     admin::{AdminState, Readiness, ReadinessCheck},
-    flags::read_secret,
+    flags::{as_usize, secret_from_file_or_env},
     leader::{LeaderConfig, LeaderMetrics, Leadership},
     shutdown::Shutdown,
     signature::SECRET_ENV,
-    upstream::forward::roots,
+    tls::trust_roots,
 };
 
 /// How long `--replay-dead-letters` holds the forwarders' Lease at most;
@@ -107,11 +107,12 @@ fn lease_namespace(args: &Args) -> String {
 pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     refuse_removed(&args)?;
     let rules = config::read(&args.config).map_err(|err| anyhow::anyhow!("--config {err}"))?;
-    let secret = match (&args.secret_file, std::env::var_os(SECRET_ENV)) {
-        (Some(path), _) => read_secret(path, "--secret-file")?,
-        (None, Some(value)) if !value.is_empty() => value.into_encoded_bytes(),
-        _ => anyhow::bail!("the signing secret is required: --secret-file or {SECRET_ENV}"),
-    };
+    let secret = secret_from_file_or_env(
+        args.secret_file.as_ref(),
+        "--secret-file",
+        SECRET_ENV,
+        "the signing secret",
+    )?;
     let api_url: http::Uri = args
         .api_url
         .parse()
@@ -131,14 +132,17 @@ pub async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
         })?;
     let credentials = credentials(&args)?;
     let store = store(&args).await?;
-    let max_answer = usize::try_from(args.max_answer_bytes)
-        .map_err(|_| anyhow::anyhow!("--max-answer-bytes is too large for this machine"))?;
+    let max_answer = as_usize(args.max_answer_bytes, "--max-answer-bytes")?;
 
     let registry = MetricsRegistry::new();
     let readiness = Readiness::default();
     let hooks_ready = readiness.check("hooks");
     let metrics = ForwarderMetrics::new(&registry).with_readiness(readiness.check("dead-letters"));
-    let http = forward::http_client(roots(&args.ca_files, "--ca-file")?, args.api_timeout)?;
+    let http = forward::http_client(
+        trust_roots(&args.ca_files, "--ca-file")?,
+        args.api_timeout.max(args.target_timeout),
+        args.pool.limits()?,
+    )?;
     let api = Api::new(
         &args.api_url,
         http.clone(),

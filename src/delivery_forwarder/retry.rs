@@ -95,7 +95,9 @@ mod tests {
             SendError::Status(408),
             SendError::Status(429),
             SendError::Timeout(Duration::from_secs(1)),
-            SendError::Transport("refused".into()),
+            SendError::Transport(crate::upstream::forward::ForwardError::Io(
+                std::io::ErrorKind::ConnectionRefused.into(),
+            )),
         ] {
             assert!(is_transient(&err), "{err}");
         }

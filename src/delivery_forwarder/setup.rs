@@ -11,7 +11,7 @@ use super::{
     github::Api,
     poll::HookJob,
 };
-use crate::flags::read_secret;
+use crate::flags::read_token;
 
 pub(super) fn credentials(args: &Args) -> anyhow::Result<Credentials> {
     match (&args.app_id, &args.app_private_key_file, &args.token_file) {
@@ -31,11 +31,7 @@ pub(super) fn credentials(args: &Args) -> anyhow::Result<Credentials> {
         }
         (Some(_), None, _) => anyhow::bail!("--app-id needs --app-private-key-file"),
         (None, Some(_), _) => anyhow::bail!("--app-private-key-file needs --app-id"),
-        (None, None, Some(path)) => {
-            let token = String::from_utf8(read_secret(path, "--token-file")?)
-                .map_err(|_| anyhow::anyhow!("--token-file: not UTF-8"))?;
-            Ok(Credentials::Token(SecretString::from(token)))
-        }
+        (None, None, Some(path)) => Ok(Credentials::Token(read_token(path, "--token-file")?)),
         (None, None, None) => match std::env::var(TOKEN_ENV) {
             Ok(token) if !token.is_empty() => Ok(Credentials::Token(SecretString::from(token))),
             _ => anyhow::bail!(

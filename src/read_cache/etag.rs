@@ -37,6 +37,8 @@ pub mod upstream;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use bytes::Bytes;
+
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
@@ -57,6 +59,7 @@ use super::{
 use crate::{
     coalesce::{Coalescer, Role},
     http_server::{Body, BoxError, empty, full, text},
+    upstream::forward::RequestBody,
 };
 
 /// The ETag profile: one per process, shared by all connections.
@@ -132,8 +135,7 @@ impl EtagCache {
             .upstreams()
             .iter()
             .any(|u| u.origin().starts_with("https:"));
-        let roots = client::roots(&args.upstream_ca_files, need_tls)?;
-        let client = UpstreamClient::new(roots, common.connect_timeout, common.response_timeout)?;
+        let client = UpstreamClient::new(&args.upstream_ca_files, need_tls, &common)?;
         Ok(Self {
             allow,
             spec: KeySpec::new(vary),
@@ -307,8 +309,8 @@ impl EtagCache {
     ) -> Response<Body> {
         let method = parts.method.clone();
         let mut request = Request::new(match body {
-            Some(body) => body.map_err(|err| Box::new(err) as BoxError).boxed(),
-            None => empty(),
+            Some(body) => RequestBody::streamed(body),
+            None => RequestBody::whole(Bytes::new()),
         });
         *request.method_mut() = parts.method;
         *request.uri_mut() = target.uri.clone();
@@ -395,6 +397,7 @@ mod tests {
             cache_ttl: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
+            pool: Default::default(),
         }
     }
 

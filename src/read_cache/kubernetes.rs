@@ -156,6 +156,7 @@ impl KubeCache {
                 connect_timeout: common.connect_timeout,
                 response_timeout: common.response_timeout,
                 max_body_bytes: None,
+                pool: common.pool,
             }),
             authorizer: Authorizer::new(
                 args.authz_cache_ttl,

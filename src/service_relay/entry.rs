@@ -33,6 +33,8 @@ pub struct ExitService {
     pub scheme: String,
 }
 
+// One per process: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Mode {
     /// Through the managed apiserver to the exit relay.
     Relayed {

@@ -59,7 +59,14 @@ pub enum LookupError {
     Dns(String, std::io::Error),
 }
 
-const CACHE_LIMIT: usize = 1024;
+/// How Services (and Endpoints) read through the API are cached.
+#[derive(Debug, Clone, Copy)]
+pub struct LookupCache {
+    /// How long a lookup is reused.
+    pub ttl: Duration,
+    /// Most Services held; past it, expired ones are dropped, then all.
+    pub max_entries: usize,
+}
 
 struct Cached {
     at: Instant,
@@ -77,7 +84,7 @@ struct Inner {
     client: Option<kube::Client>,
     mode: Resolution,
     statics: HashMap<String, IpAddr>,
-    ttl: Duration,
+    limits: LookupCache,
     cache: Mutex<HashMap<(String, String), Cached>>,
 }
 
@@ -96,17 +103,28 @@ impl Directory {
         client: Option<kube::Client>,
         mode: Resolution,
         statics: HashMap<String, IpAddr>,
-        ttl: Duration,
+        limits: LookupCache,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 client,
                 mode,
                 statics,
-                ttl,
+                limits,
                 cache: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Names by DNS (or `statics`) only, with no API to read Services
+    /// through: for upstreams that are not the cluster's Services.
+    pub fn dns(statics: HashMap<String, IpAddr>) -> Self {
+        // Without an API nothing is ever looked up, so nothing is cached.
+        let nothing = LookupCache {
+            ttl: Duration::ZERO,
+            max_entries: 0,
+        };
+        Self::new(None, Resolution::Dns, statics, nothing)
     }
 
     /// The port to dial for `target`.
@@ -196,7 +214,7 @@ impl Directory {
     async fn lookup(&self, namespace: &str, name: &str) -> Result<Cached, LookupError> {
         let key = (namespace.to_owned(), name.to_owned());
         if let Some(hit) = self.inner.cache.lock().expect("cache lock").get(&key)
-            && hit.at.elapsed() < self.inner.ttl
+            && hit.at.elapsed() < self.inner.limits.ttl
         {
             return Ok(Cached {
                 at: hit.at,
@@ -232,10 +250,10 @@ impl Directory {
             endpoints,
         };
         let mut cache = self.inner.cache.lock().expect("cache lock");
-        if cache.len() >= CACHE_LIMIT {
-            let ttl = self.inner.ttl;
+        let LookupCache { ttl, max_entries } = self.inner.limits;
+        if cache.len() >= max_entries {
             cache.retain(|_, entry| entry.at.elapsed() < ttl);
-            if cache.len() >= CACHE_LIMIT {
+            if cache.len() >= max_entries {
                 cache.clear();
             }
         }

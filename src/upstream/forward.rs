@@ -1,10 +1,11 @@
-//! Forwarding one request upstream and its response back: hop-by-hop
-//! headers removed, `X-Forwarded-*` set, bodies streamed both ways, protocol
-//! upgrades spliced, a timeout on the response head, and upstream failures
-//! mapped to a gateway status once, here.
+//! The one upstream HTTP/1.1 client ([`Upstream`]), on the pool. It
+//! forwards a client's request and its response back (hop-by-hop headers
+//! removed, `X-Forwarded-*` set, bodies streamed both ways, protocol
+//! upgrades spliced) or sends a request of a component's own as it is; a
+//! timeout bounds the response head, and upstream failures are typed
+//! ([`ForwardError`]) and mapped to a gateway status once, here.
 
 use std::{
-    io::BufReader,
     net::SocketAddr,
     pin::Pin,
     sync::Arc,
@@ -20,59 +21,30 @@ use hyper::{
     client::conn::http1::{self, SendRequest},
 };
 use hyper_util::rt::TokioIo;
-use rustls::{ClientConfig, RootCertStore};
+use rustls::RootCertStore;
 use tokio::sync::oneshot;
 
 use super::{
     directory::Directory,
     headers::{add_forwarded, is_upgrade, remove_hop_by_hop},
-    pool::{ConnectError, Connector, IdleState, Origin, Pool, Pooled},
+    pool::{ConnectError, Connector, IdleState, Origin, Pool, PoolLimits, Pooled},
 };
-use crate::http_server::{Body, BoxError, text};
+use crate::{
+    http_server::{Body, BoxError, text},
+    tls::{TlsError, client_config, roots_from_pem},
+};
 
-/// Why a client for an upstream cannot be built.
+/// Why the managed kubeconfig gives no usable upstream.
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("CA bundle {0}: no PEM certificates in it")]
-    NoCertificates(String),
-    #[error("CA bundle {0}: {1}")]
-    Read(String, String),
-    #[error("TLS server name {0:?} is not a valid name")]
-    ServerName(String),
-    #[error("insecure-skip-tls-verify is not supported; give the server's CA")]
-    Insecure,
-}
-
-/// Trust anchors from PEM bytes; `what` names the source in errors.
-pub fn roots_from_pem(pem: &[u8], what: &str) -> Result<RootCertStore, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut BufReader::new(pem)) {
-        let cert = cert.map_err(|err| TlsError::Read(what.to_owned(), err.to_string()))?;
-        roots
-            .add(cert)
-            .map_err(|err| TlsError::Read(what.to_owned(), err.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(TlsError::NoCertificates(what.to_owned()));
-    }
-    Ok(roots)
-}
-
-/// Adds the certificates of PEM `files` to `roots`; errors name `flag` and
-/// the file.
-pub fn add_roots_from_files(
-    roots: &mut RootCertStore,
-    files: &[std::path::PathBuf],
-    flag: &str,
-) -> anyhow::Result<()> {
-    for file in files {
-        let pem = std::fs::read(file)
-            .map_err(|err| anyhow::anyhow!("{flag} {}: {err}", file.display()))?;
-        let found = roots_from_pem(&pem, &file.display().to_string())
-            .map_err(|err| anyhow::anyhow!("{flag} {err}"))?;
-        roots.roots.extend(found.roots);
-    }
-    Ok(())
+pub enum KubeconfigError {
+    #[error("the managed kubeconfig has no CA")]
+    NoCa,
+    #[error("certificate-authority-data: {0}")]
+    CaData(#[source] base64::DecodeError),
+    #[error("certificate-authority {0}: {1}")]
+    CaFile(String, #[source] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// A pooled HTTP/1.1 client for http and https upstreams; cheap to clone.
@@ -90,6 +62,8 @@ pub struct Limits {
     pub response_timeout: Duration,
     /// Largest request body accepted; `None` for no limit.
     pub max_body_bytes: Option<u64>,
+    /// How many idle connections are kept, and how long.
+    pub pool: PoolLimits,
 }
 
 /// How to reach upstreams.
@@ -135,14 +109,7 @@ impl Destination {
 
 impl Upstream {
     pub fn new(config: UpstreamConfig) -> Result<Self, TlsError> {
-        // No ALPN: HTTP/1.1 only, as upgrades (WebSocket, SPDY) are not
-        // possible over h2.
-        let tls =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map_err(|err| TlsError::Read("TLS".into(), err.to_string()))?
-                .with_root_certificates(config.roots)
-                .with_no_client_auth();
+        let tls = client_config(config.roots)?;
         let server_name = match config.server_name {
             Some(name) => Some(
                 rustls::pki_types::ServerName::try_from(name.clone())
@@ -150,12 +117,15 @@ impl Upstream {
             ),
             None => None,
         };
-        let pool = Pool::new(Connector {
-            tls: Arc::new(tls),
-            server_name,
-            directory: config.directory,
-            connect_timeout: config.limits.connect_timeout,
-        });
+        let pool = Pool::new(
+            Connector {
+                tls: Arc::new(tls),
+                server_name,
+                directory: config.directory,
+                connect_timeout: config.limits.connect_timeout,
+            },
+            config.limits.pool,
+        );
         Ok(Self {
             pool,
             response_timeout: config.limits.response_timeout,
@@ -168,11 +138,11 @@ impl Upstream {
     pub fn for_kubeconfig(
         kubeconfig: &crate::managed_kubeconfig::ManagedKubeconfig,
         limits: Limits,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, KubeconfigError> {
         use base64::Engine as _;
         let cluster = kubeconfig.cluster().cloned().unwrap_or_default();
         if cluster.insecure_skip_tls_verify == Some(true) {
-            return Err(TlsError::Insecure.to_string());
+            return Err(TlsError::Insecure.into());
         }
         let pem = match (
             &cluster.certificate_authority_data,
@@ -180,31 +150,35 @@ impl Upstream {
         ) {
             (Some(data), _) => base64::engine::general_purpose::STANDARD
                 .decode(data.trim())
-                .map_err(|err| format!("certificate-authority-data: {err}"))?,
+                .map_err(KubeconfigError::CaData)?,
             (None, Some(path)) => {
-                std::fs::read(path).map_err(|err| format!("certificate-authority {path}: {err}"))?
+                std::fs::read(path).map_err(|err| KubeconfigError::CaFile(path.clone(), err))?
             }
-            (None, None) => return Err("the managed kubeconfig has no CA".into()),
+            (None, None) => return Err(KubeconfigError::NoCa),
         };
-        let roots =
-            roots_from_pem(&pem, "the managed kubeconfig's CA").map_err(|err| err.to_string())?;
-        Self::new(UpstreamConfig {
+        let roots = roots_from_pem(&pem, "the managed kubeconfig's CA")?;
+        Ok(Self::new(UpstreamConfig {
             roots,
             server_name: cluster.tls_server_name.clone(),
-            directory: super::directory::Directory::new(
-                None,
-                super::directory::Resolution::Dns,
-                Default::default(),
-                Duration::from_secs(5),
-            ),
+            directory: Directory::dns(Default::default()),
             limits,
-        })
-        .map_err(|err| err.to_string())
+        })?)
     }
 
     /// Sends a request of our own (its URI absolute, its body whole) and
     /// returns the upstream's response, within the response timeout.
     pub async fn send(&self, request: Request<Bytes>) -> Result<Response<Incoming>, ForwardError> {
+        self.request(request.map(RequestBody::whole)).await
+    }
+
+    /// Sends a request as it is (its URI absolute; `Host` set from it) and
+    /// returns the upstream's response head, within the response timeout
+    /// counted from the start. No header is added or removed: that is the
+    /// caller's, unlike [`Upstream::forward`].
+    pub async fn request(
+        &self,
+        request: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, ForwardError> {
         let (mut parts, body) = request.into_parts();
         let Some(to) = Destination::from_uri(parts.uri.clone()) else {
             return Err(ForwardError::BadTarget);
@@ -214,12 +188,17 @@ impl Upstream {
         }
         parts.uri = to.path;
         parts.version = http::Version::HTTP_11;
-        let request = Request::from_parts(parts, RequestBody::whole(body));
+        let request = Request::from_parts(parts, body);
         match tokio::time::timeout(self.response_timeout, self.exchange(&to.origin, request)).await
         {
             Err(_) => Err(ForwardError::Timeout),
             Ok(result) => result,
         }
+    }
+
+    /// How long an upstream has to begin its response.
+    pub fn response_timeout(&self) -> Duration {
+        self.response_timeout
     }
 
     /// Sends `request` to `uri` and returns the response to give the client.
@@ -433,7 +412,7 @@ impl KubeconfigUpstream {
     pub fn get(
         &self,
         kubeconfig: &crate::managed_kubeconfig::ManagedKubeconfig,
-    ) -> Result<Upstream, String> {
+    ) -> Result<Upstream, KubeconfigError> {
         let mut slot = self
             .slot
             .lock()
@@ -470,6 +449,15 @@ impl RequestBody {
     pub fn whole(bytes: Bytes) -> Self {
         Self {
             inner: Source::Whole(Some(bytes).filter(|b| !b.is_empty())),
+            remaining: None,
+            sent: None,
+        }
+    }
+
+    /// A body received from a client, streamed on as it is, unlimited.
+    pub fn streamed(body: Incoming) -> Self {
+        Self {
+            inner: Source::Client(body),
             remaining: None,
             sent: None,
         }
@@ -596,24 +584,4 @@ impl ForwardError {
             ),
         }
     }
-}
-
-/// The system's trust anchors plus the PEM files of `flag`.
-pub fn roots(files: &[std::path::PathBuf], flag: &str) -> anyhow::Result<RootCertStore> {
-    let mut roots = RootCertStore::empty();
-    // The system's bundle where Debian-like images keep it; absent in a
-    // scratch image, where the CA flag must name the CAs.
-    for system in [
-        "/etc/ssl/certs/ca-certificates.crt",
-        "/etc/pki/tls/certs/ca-bundle.crt",
-    ] {
-        if let Ok(pem) = std::fs::read(system)
-            && let Ok(found) = roots_from_pem(&pem, system)
-        {
-            roots.roots.extend(found.roots);
-            break;
-        }
-    }
-    add_roots_from_files(&mut roots, files, flag)?;
-    Ok(roots)
 }

@@ -1,5 +1,6 @@
-//! The relay's upstream connections: TCP, or TLS over it for https, kept
-//! alive in a bounded pool of idle connections per origin.
+//! Upstream connections of every component: TCP, or TLS over it for
+//! https, kept alive in a bounded pool of idle connections per origin (the
+//! bounds are flags, [`super::PoolArgs`]).
 //!
 //! A lean stand-in for hyper-util's legacy client, which cost the relay more
 //! per request than the rest of its work together. The pool holds whatever
@@ -24,11 +25,27 @@ use tokio_rustls::TlsConnector;
 use super::directory::Directory;
 use crate::net::Stream;
 
-/// Idle connections kept per origin; more are closed when they go idle.
-const MAX_IDLE_PER_ORIGIN: usize = 64;
-/// An idle connection unused for this long is closed (checked a third as
-/// often, by the reaper).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How many idle connections the pool keeps, and for how long (from the
+/// flags, [`super::PoolArgs`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PoolLimits {
+    /// Idle connections kept per origin; more are closed when they go idle.
+    pub max_idle_per_origin: usize,
+    /// An idle connection unused for this long is closed (checked a third
+    /// as often, by the reaper). Above zero.
+    pub idle_timeout: Duration,
+}
+
+// The flags' defaults, for tests; the flags are the one source otherwise.
+#[cfg(test)]
+impl Default for PoolLimits {
+    fn default() -> Self {
+        Self {
+            max_idle_per_origin: 64,
+            idle_timeout: Duration::from_secs(90),
+        }
+    }
+}
 
 /// Where a connection goes: scheme and authority (host and port).
 #[derive(Debug, Clone)]
@@ -115,6 +132,7 @@ struct Idle<C> {
 
 struct Inner<C> {
     connector: Connector,
+    limits: PoolLimits,
     idle: Mutex<HashMap<Origin, Vec<Idle<C>>>>,
     /// Whether the task that closes long-idle connections runs.
     reaping: std::sync::atomic::AtomicBool,
@@ -134,10 +152,11 @@ impl<C> Clone for Pool<C> {
 }
 
 impl<C: Pooled> Pool<C> {
-    pub fn new(connector: Connector) -> Self {
+    pub fn new(connector: Connector, limits: PoolLimits) -> Self {
         Self {
             inner: Arc::new(Inner {
                 connector,
+                limits,
                 idle: Mutex::new(HashMap::new()),
                 reaping: false.into(),
             }),
@@ -177,7 +196,7 @@ impl<C: Pooled> Pool<C> {
             Some(list) => list,
             None => idle.entry(origin.clone()).or_default(),
         };
-        if list.len() >= MAX_IDLE_PER_ORIGIN {
+        if list.len() >= self.inner.limits.max_idle_per_origin {
             // Dropping it closes the connection (once it is idle).
             return;
         }
@@ -203,8 +222,10 @@ impl<C: Pooled> Pool<C> {
             return;
         }
         let weak: Weak<Inner<C>> = Arc::downgrade(&self.inner);
+        // `interval` takes no zero period; the flag is checked above zero.
+        let idle_timeout = self.inner.limits.idle_timeout.max(Duration::from_millis(3));
         tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(IDLE_TIMEOUT / 3);
+            let mut ticks = tokio::time::interval(idle_timeout / 3);
             ticks.tick().await;
             loop {
                 ticks.tick().await;
@@ -213,7 +234,7 @@ impl<C: Pooled> Pool<C> {
                 for list in idle.values_mut() {
                     list.retain(|e| {
                         !matches!(e.conn.idle_state(), IdleState::Closed)
-                            && e.since.elapsed() < IDLE_TIMEOUT
+                            && e.since.elapsed() < idle_timeout
                     });
                 }
                 idle.retain(|_, list| !list.is_empty());

@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     http_server::{Body, Handler, full, text},
-    upstream::caller::{Callers, Verdict},
+    token_review::{Callers, Verdict},
 };
 
 /// The header naming a delivery (GitHub's; Gitea sends it too).

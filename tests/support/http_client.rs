@@ -13,6 +13,7 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
+use rustls::pki_types::{CertificateDer, pem::PemObject};
 
 /// One whole response.
 #[derive(Debug, Clone)]
@@ -53,7 +54,7 @@ impl HttpClient {
     /// Trusts `ca_pem` for https; plain http works too.
     pub fn new(ca_pem: &str) -> HttpClient {
         let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
             roots.add(cert.expect("the CA is PEM")).expect("a valid CA");
         }
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(

@@ -17,7 +17,8 @@
 //! - [`wait_until`] and friends: `wait.rs`
 //! - [`agent`]: the `agent` binary run as a process
 //! - [`hook_sink`]: recording webhook receivers
-//! - [`hook_forge`]: a stand-in for the forge's webhook-delivery API;
+//! - [`hook_forge`]: a stand-in for the forge's webhook-delivery API (in
+//!   `benches/support`, as the delivery-forwarder bench runs against it too);
 //!   [`forwarder`]: `agent delivery-forwarder` run against it
 //! - [`http_client`]: whole HTTP answers from components and apiservers
 //! - [`scripted_upstream`]: an HTTP/1.1 upstream that records every request
@@ -44,7 +45,7 @@ pub mod exit_wire;
 pub mod forge;
 mod forward;
 pub mod forwarder;
-pub mod hook_forge;
+pub use bench_support::hook_forge;
 pub mod hook_sink;
 pub mod http_client;
 mod netns_pod;

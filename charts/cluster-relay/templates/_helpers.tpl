@@ -143,6 +143,12 @@ resources:
 - --shutdown-grace-period={{ .Values.shutdownGracePeriodSeconds }}s
 {{- end -}}
 
+{{/* The upstream pool's flags, for every component that dials upstreams. */}}
+{{- define "cluster-relay.poolArgs" -}}
+- --upstream-max-idle-per-origin={{ .Values.upstreamPool.maxIdlePerOrigin }}
+- --upstream-idle-timeout={{ .Values.upstreamPool.idleTimeout }}
+{{- end -}}
+
 {{/* Pod spec fields shared by every Pod: (list . serviceAccountName). */}}
 {{- define "cluster-relay.podCommon" -}}
 {{- $ctx := index . 0 -}}

@@ -27,7 +27,10 @@ pub struct EtagArgs {
     pub upstream_header: Option<String>,
 
     /// ETag profile: CA bundle (PEM) trusted for https upstreams besides the
-    /// system's trust anchors. Repeat for several files.
+    /// system's trust anchors (SSL_CERT_FILE and SSL_CERT_DIR are
+    /// honoured). The agent's image has none: there only these files are
+    /// trusted, and without any anchor an https --upstream refuses to
+    /// start. Repeat for several files.
     #[arg(
         long = "upstream-ca-file",
         env = "CLUSTER_RELAY_UPSTREAM_CA_FILES",

@@ -1,34 +1,32 @@
-//! The ETag profile's upstream client: pooled HTTP/1.1 over plain TCP or
-//! rustls (system trust anchors plus `--upstream-ca-file`), a connect
+//! The ETag profile's upstream client: the shared pooled client
+//! ([`crate::upstream::forward::Upstream`]) with the trust anchors of
+//! [`crate::tls`] (the system's plus `--upstream-ca-file`), a connect
 //! timeout and a timeout on the response head. It never follows redirects:
 //! a `Location` is the client's to follow (rewritten to point back at the
 //! cache when it names the same upstream), so a redirect cannot lead the
 //! cache off its allow-list.
 
-use std::{io::BufReader, path::PathBuf, sync::Arc, time::Duration};
+use std::path::PathBuf;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
-use rustls::{ClientConfig, RootCertStore};
 
-use crate::http_server::Body;
+use crate::{
+    read_cache::Common,
+    tls::{TlsError, trust_roots},
+    upstream::{
+        directory::Directory,
+        forward::{ForwardError, Limits, RequestBody, Upstream, UpstreamConfig},
+    },
+};
 
 /// Why the client cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("--upstream-ca-file {0}: {1}")]
-    CaFile(String, String),
-    #[error("--upstream-ca-file {0}: no PEM certificates in it")]
-    NoCertificates(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("no trust anchors for https upstreams: the system has none; give --upstream-ca-file")]
     NoRoots,
-    #[error("TLS setup: {0}")]
-    Tls(String),
 }
 
 /// An upstream failure before a response head arrived.
@@ -36,8 +34,8 @@ pub enum ClientError {
 pub enum FetchError {
     #[error("no response head within the timeout")]
     Timeout,
-    #[error("upstream: {0}")]
-    Upstream(#[source] hyper_util::client::legacy::Error),
+    #[error(transparent)]
+    Upstream(ForwardError),
     #[error("upstream body: {0}")]
     Body(String),
 }
@@ -47,94 +45,57 @@ impl FetchError {
     pub fn reason(&self) -> &'static str {
         match self {
             FetchError::Timeout => "timeout",
-            FetchError::Upstream(_) => "connect",
+            FetchError::Upstream(err) => err.reason(),
             FetchError::Body(_) => "body",
         }
     }
 }
 
-/// A pooled client for the allowed upstreams.
+/// A pooled client for the allowed upstreams; cheap to clone.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: Client<HttpsConnector<HttpConnector>, Body>,
-    response_timeout: Duration,
-}
-
-/// Trust anchors: the system's, plus every PEM file given. With `need`
-/// false (no https upstream), an empty store is fine.
-pub fn roots(ca_files: &[PathBuf], need: bool) -> Result<RootCertStore, ClientError> {
-    let mut roots = RootCertStore::empty();
-    // Unreadable system certificates are skipped: the files given (or the
-    // rest of the system store) may be all that is needed.
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        let _ = roots.add(cert);
-    }
-    for path in ca_files {
-        let what = path.display().to_string();
-        let pem =
-            std::fs::read(path).map_err(|e| ClientError::CaFile(what.clone(), e.to_string()))?;
-        let mut added = 0;
-        for cert in rustls_pemfile::certs(&mut BufReader::new(pem.as_slice())) {
-            let cert = cert.map_err(|e| ClientError::CaFile(what.clone(), e.to_string()))?;
-            roots
-                .add(cert)
-                .map_err(|e| ClientError::CaFile(what.clone(), e.to_string()))?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(ClientError::NoCertificates(what));
-        }
-    }
-    if need && roots.is_empty() {
-        return Err(ClientError::NoRoots);
-    }
-    Ok(roots)
+    upstream: Upstream,
 }
 
 impl UpstreamClient {
-    pub fn new(
-        roots: RootCertStore,
-        connect_timeout: Duration,
-        response_timeout: Duration,
-    ) -> Result<Self, ClientError> {
-        let tls =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| ClientError::Tls(e.to_string()))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(connect_timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
-            .build(connector);
-        Ok(Self {
-            client,
-            response_timeout,
-        })
+    /// Trusts the system's anchors plus `ca_files`; with `need_tls` (an
+    /// https upstream is allowed), refuses to start with none at all.
+    pub fn new(ca_files: &[PathBuf], need_tls: bool, common: &Common) -> Result<Self, ClientError> {
+        let roots = trust_roots(ca_files, "--upstream-ca-file")?;
+        if need_tls && roots.is_empty() {
+            return Err(ClientError::NoRoots);
+        }
+        let upstream = Upstream::new(UpstreamConfig {
+            roots,
+            server_name: None,
+            directory: Directory::dns(Default::default()),
+            limits: Limits {
+                connect_timeout: common.connect_timeout,
+                response_timeout: common.response_timeout,
+                max_body_bytes: None,
+                pool: common.pool,
+            },
+        })?;
+        Ok(Self { upstream })
     }
 
     /// The bound on a response head, also used for buffering whole bodies.
-    pub fn response_timeout(&self) -> Duration {
-        self.response_timeout
+    pub fn response_timeout(&self) -> std::time::Duration {
+        self.upstream.response_timeout()
     }
 
-    /// Sends `request` and waits for the response head, within the
-    /// response timeout (the connect timeout is the connector's).
-    pub async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, FetchError> {
-        match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
-            Err(_) => Err(FetchError::Timeout),
-            Ok(Err(err)) => Err(FetchError::Upstream(err)),
-            Ok(Ok(response)) => Ok(response),
-        }
+    /// Sends `request` (its URI absolute) and waits for the response head,
+    /// within the response timeout.
+    pub async fn send(
+        &self,
+        request: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, FetchError> {
+        self.upstream
+            .request(request)
+            .await
+            .map_err(|err| match err {
+                ForwardError::Timeout => FetchError::Timeout,
+                err => FetchError::Upstream(err),
+            })
     }
 }

@@ -28,11 +28,12 @@ use super::{
     upstream::Upstream,
 };
 use crate::{
-    http_server::{Body, BoxError, empty, full, text},
+    http_server::{Body, BoxError, full, text},
     read_cache::{
         key::CacheKey,
         store::{CachedResponse, Freshness},
     },
+    upstream::forward::RequestBody,
 };
 
 /// What a fetch for one key produced, shared with every caller that waited
@@ -180,7 +181,7 @@ impl EtagCache {
                 stale.freshness.last_modified.as_ref(),
             );
         }
-        let mut upstream_request = Request::new(empty());
+        let mut upstream_request = Request::new(RequestBody::whole(Bytes::new()));
         *upstream_request.uri_mut() = target.uri.clone();
         *upstream_request.headers_mut() = headers;
         let response = match self.client.send(upstream_request).await {

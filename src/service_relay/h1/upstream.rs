@@ -56,7 +56,7 @@ pub struct Upstream {
 impl Upstream {
     pub fn new(connector: Connector, limits: Limits) -> Self {
         Self {
-            pool: Pool::new(connector),
+            pool: Pool::new(connector, limits.pool),
             response_timeout: limits.response_timeout,
             max_body_bytes: limits.max_body_bytes,
         }

@@ -1,12 +1,12 @@
-//! One wrk run: fixed threads, connections and duration against one URL,
-//! with `--latency`. A Lua `done` hook prints wrk's own summary and latency
-//! histogram (the figures `--latency` prints, in microseconds instead of
-//! rounded text) as one JSON line, which is what is read back; the hook runs
+//! One wrk run: fixed threads, connections, duration and timeout against
+//! one URL (plain http, or https for an apiserver), with `--latency`. A Lua
+//! `done` hook prints wrk's own summary and latency histogram (the figures
+//! `--latency` prints, in microseconds instead of rounded text) and the
+//! bytes read as one JSON line, which is what is read back; the hook runs
 //! once at the end, so wrk still sends its static request at full speed.
 
 use std::{
     fs,
-    net::SocketAddr,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -39,28 +39,33 @@ pub struct Settings {
     pub threads: u32,
     pub connections: u32,
     pub seconds: u32,
+    /// wrk's `--timeout`: a response slower than this counts as an error.
+    pub timeout_seconds: u32,
 }
 
 impl Settings {
     /// The wrk command line, with header values left out (one is a token).
-    pub fn describe(&self, header_names: &[&str]) -> String {
+    /// `url` as it should be printed, e.g. `http://ADDR/PATH`.
+    pub fn describe(&self, header_names: &[&str], url: &str) -> String {
         let headers: String = header_names
             .iter()
             .map(|name| format!(" -H '{name}: …'"))
             .collect();
         format!(
-            "wrk -t{} -c{} -d{}s --latency --timeout 5s{headers} http://ADDR/PATH",
-            self.threads, self.connections, self.seconds
+            "wrk -t{} -c{} -d{}s --latency --timeout {}s{headers} {url}",
+            self.threads, self.connections, self.seconds, self.timeout_seconds
         )
     }
 }
 
-/// What wrk reported for one run (the hook's line also has bytes and
-/// p90, left in wrk's output file).
+/// What wrk reported for one run (the hook's line also has p90, left in
+/// wrk's output file).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Report {
     pub requests: u64,
     pub duration_us: u64,
+    /// Response bytes read, heads included.
+    pub bytes: u64,
     /// Responses with a status outside 2xx and 3xx.
     pub non_2xx_3xx: u64,
     pub connect: u64,
@@ -73,8 +78,17 @@ pub struct Report {
 }
 
 impl Report {
+    pub fn seconds(&self) -> f64 {
+        (self.duration_us as f64 / 1e6).max(1e-9)
+    }
+
     pub fn requests_per_second(&self) -> f64 {
-        self.requests as f64 / (self.duration_us as f64 / 1e6).max(1e-9)
+        self.requests as f64 / self.seconds()
+    }
+
+    /// MiB of responses per second.
+    pub fn mib_per_second(&self) -> f64 {
+        self.bytes as f64 / self.seconds() / (1024.0 * 1024.0)
     }
 
     pub fn socket_errors(&self) -> u64 {
@@ -94,17 +108,15 @@ pub fn find() -> Option<PathBuf> {
     procs::which("wrk")
 }
 
-/// Runs wrk once against `addr` + `path` and returns its report; its
-/// output is kept in `dir/wrk-<tag>.out`.
-#[allow(clippy::too_many_arguments)]
+/// Runs wrk once against `url` and returns its report; its output is kept
+/// in `dir/wrk-<tag>.out`.
 pub fn run(
     wrk: &Path,
     hook: &Path,
     dir: &Path,
     tag: &str,
     settings: &Settings,
-    addr: SocketAddr,
-    path: &str,
+    url: &str,
     headers: &[(String, String)],
 ) -> anyhow::Result<Report> {
     let out = dir.join(format!("wrk-{tag}.out"));
@@ -114,18 +126,21 @@ pub fn run(
         .arg(format!("-t{}", settings.threads))
         .arg(format!("-c{}", settings.connections))
         .arg(format!("-d{}s", settings.seconds))
-        .args(["--latency", "--timeout", "5s", "-s"])
+        .arg("--latency")
+        .arg("--timeout")
+        .arg(format!("{}s", settings.timeout_seconds))
+        .arg("-s")
         .arg(hook);
     for (name, value) in headers {
         command.arg("-H").arg(format!("{name}: {value}"));
     }
-    command.arg(format!("http://{addr}{path}"));
+    command.arg(url);
     let started = Instant::now();
     let mut proc = Proc::spawn("wrk", command, None, Some(&out))?;
-    // wrk ends by itself after its duration; the margin covers a server
-    // that stalls, after which the run counts as failed.
-    let status =
-        proc.wait_until(started + Duration::from_secs(u64::from(settings.seconds) + 15))?;
+    // wrk ends by itself after its duration plus the last responses; the
+    // margin covers a server that stalls, after which the run has failed.
+    let limit = settings.seconds + settings.timeout_seconds + 10;
+    let status = proc.wait_until(started + Duration::from_secs(u64::from(limit)))?;
     let text = fs::read_to_string(&out)?;
     let Some(line) = text.lines().find_map(|line| line.strip_prefix(MARK)) else {
         bail!("wrk ({status}) printed no summary{}", proc.log_tail());

@@ -43,7 +43,8 @@ use tokio::net::TcpListener;
 pub struct ForgeConfig {
     /// A personal access token it accepts.
     pub token: Option<String>,
-    /// An app: its id (the JWT issuer) and public key (PEM).
+    /// An app: its id (the JWT issuer) and public key (PKCS#1 PEM,
+    /// `openssl rsa -RSAPublicKey_out`).
     pub app: Option<(String, String)>,
     /// Lifetime of installation tokens (GitHub: one hour).
     pub token_ttl: Duration,
@@ -426,22 +427,13 @@ impl State {
     }
 
     fn verify_jwt(&mut self, bearer: Option<&str>, now: SystemTime) -> bool {
-        let Some((app_id, public_pem)) = self.config.app.clone() else {
-            return false;
-        };
-        let Some(jwt) = bearer else { return false };
-        let Ok(key) = jsonwebtoken::DecodingKey::from_rsa_pem(public_pem.as_bytes()) else {
-            return false;
-        };
-        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
-        validation.set_required_spec_claims(&["exp", "iat", "iss"]);
-        validation.set_issuer(&[app_id]);
-        validation.validate_aud = false;
-        let ok = jsonwebtoken::decode::<Value>(jwt, &key, &validation)
-            .ok()
-            .is_some_and(|data| {
-                let iat = data.claims["iat"].as_u64().unwrap_or(0);
-                let exp = data.claims["exp"].as_u64().unwrap_or(0);
+        let ok = self
+            .config
+            .app
+            .as_ref()
+            .zip(bearer)
+            .and_then(|((app_id, public_pem), jwt)| verified_claims(jwt, app_id, public_pem, now))
+            .is_some_and(|(iat, exp)| {
                 // GitHub: at most ten minutes into the future, and issued
                 // no later than now (a minute of drift allowed).
                 exp > iat && exp - iat <= 660 && iat <= epoch_secs(now) + 60
@@ -659,4 +651,40 @@ impl State {
         }
         response
     }
+}
+
+/// `iat` and `exp` of an app JWT whose RS256 signature verifies with the
+/// app's public key (PKCS#1 PEM, `RSA PUBLIC KEY`), whose issuer is the app
+/// and which has not expired at `now` (a minute of leeway); checked with
+/// ring directly, independently of jsonwebtoken and of the agent's signing
+/// code.
+fn verified_claims(
+    jwt: &str,
+    app_id: &str,
+    public_pem: &str,
+    now: SystemTime,
+) -> Option<(u64, u64)> {
+    use base64::{
+        Engine, engine::general_purpose::STANDARD, engine::general_purpose::URL_SAFE_NO_PAD,
+    };
+    let der = STANDARD
+        .decode(
+            public_pem
+                .lines()
+                .filter(|line| !line.starts_with("-----"))
+                .collect::<String>(),
+        )
+        .ok()?;
+    let (message, signature) = jwt.rsplit_once('.')?;
+    let (header, claims) = message.split_once('.')?;
+    let key =
+        ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PKCS1_2048_8192_SHA256, der);
+    key.verify(message.as_bytes(), &URL_SAFE_NO_PAD.decode(signature).ok()?)
+        .ok()?;
+    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).ok()?).ok()?;
+    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).ok()?).ok()?;
+    let exp = claims["exp"].as_u64()?;
+    let unexpired = exp + 60 > epoch_secs(now);
+    (header["alg"] == "RS256" && claims["iss"] == app_id && unexpired)
+        .then_some((claims["iat"].as_u64()?, exp))
 }

@@ -1,6 +1,6 @@
 //! What forwarding costs against the forge's rate limit: `agent
 //! delivery-forwarder` next to a naive poller ([`naive`]), each against its
-//! own instance of the forge stand-in (`tests/support/hook_forge.rs`, which
+//! own instance of the forge stand-in (`bench_support::hook_forge`, which
 //! charges GitHub's way: every answer but a 304 spends one unit), fed the
 //! same steady stream of deliveries in the same run, both polling every
 //! 250 ms. Two streams: a quiet one (a delivery every 2 s, so most polls
@@ -15,17 +15,7 @@
 //! full run (30 s per stream). Without it, as `cargo test --all-targets`
 //! runs every target, it makes a 3 s smoke run of the same steps.
 
-#[path = "../tests/support/hook_forge.rs"]
-#[allow(dead_code)]
-mod hook_forge;
-#[path = "delivery_forwarder/naive.rs"]
 mod naive;
-#[path = "apiserver_relay/procs.rs"]
-#[allow(dead_code)]
-mod procs;
-#[path = "apiserver_relay/report.rs"]
-#[allow(dead_code)]
-mod report;
 
 use std::{
     convert::Infallible,
@@ -39,17 +29,17 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use bench_support::{
+    hook_forge::{ForgeConfig, HookForge},
+    procs,
+    report::Table,
+};
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio_util::sync::CancellationToken;
-
-use crate::{
-    hook_forge::{ForgeConfig, HookForge},
-    report::Table,
-};
 
 const DIR_PREFIX: &str = "delivery-forwarder-bench-";
 const TOKEN: &str = "ghp_bench";

@@ -20,21 +20,10 @@
 //! CPU 0 and the proxy to CPU 1; by default the scheduler places everything
 //! on the two cores, as it would in production.
 
-// A bench root resolves `mod` paths beside itself, like a main.rs; the
-// parts live in benches/apiserver_relay/.
-#[path = "apiserver_relay/idle.rs"]
 mod idle;
-#[path = "apiserver_relay/latency.rs"]
 mod latency;
-#[path = "apiserver_relay/peers.rs"]
 mod peers;
-#[path = "apiserver_relay/procs.rs"]
-mod procs;
-#[path = "apiserver_relay/report.rs"]
-mod report;
-#[path = "apiserver_relay/summary.rs"]
 mod summary;
-#[path = "apiserver_relay/throughput.rs"]
 mod throughput;
 
 use std::{
@@ -43,6 +32,7 @@ use std::{
 };
 
 use anyhow::bail;
+use bench_support::{procs, report};
 
 use crate::peers::Tools;
 

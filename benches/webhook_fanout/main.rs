@@ -19,13 +19,6 @@
 //! `cargo bench --bench webhook_fanout` passes `--bench` and gets the full
 //! run (about 30 s); without it, a short smoke run of the same steps.
 
-#[path = "apiserver_relay/procs.rs"]
-#[allow(dead_code)]
-mod procs;
-#[path = "apiserver_relay/report.rs"]
-#[allow(dead_code)]
-mod report;
-#[path = "webhook_fanout/sinks.rs"]
 mod sinks;
 
 use std::{
@@ -35,16 +28,16 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use bench_support::{
+    procs::{self, Proc},
+    report::{Table, percentile},
+};
 use bytes::Bytes;
 use cluster_relay::signature::sign_sha256;
 use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
-use crate::{
-    procs::Proc,
-    report::{Table, percentile},
-    sinks::Sink,
-};
+use crate::sinks::Sink;
 
 const DIR_PREFIX: &str = "webhook-fanout-bench-";
 const SECRET: &str = "bench-secret";

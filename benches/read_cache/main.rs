@@ -24,32 +24,18 @@
 //! (about 80 s). Without it (`cargo test --all-targets`) it makes a short
 //! smoke run of the same steps.
 
-#[path = "service_relay/measure.rs"]
-mod measure;
-#[path = "read_cache/peers.rs"]
 mod peers;
-#[path = "apiserver_relay/procs.rs"]
-#[allow(dead_code)]
-mod procs;
-#[path = "apiserver_relay/report.rs"]
-#[allow(dead_code)]
-mod report;
-#[path = "read_cache/rewrite.rs"]
 mod rewrite;
-#[path = "service_relay/servers.rs"]
-#[allow(dead_code)]
-mod servers;
-#[path = "service_relay/wrk.rs"]
-mod wrk;
 
 use std::{process::ExitCode, time::Instant};
 
 use anyhow::{Context as _, anyhow, bail};
-
-use crate::{
-    measure::{Config, Row},
-    report::Table,
-    servers::Document,
+use bench_support::{
+    measure::{self, Config, Row},
+    procs,
+    report::{self, Table},
+    servers::{self, Document},
+    wrk,
 };
 
 const DIR_PREFIX: &str = "read-cache-bench-";
@@ -83,6 +69,7 @@ fn run(full: bool) -> anyhow::Result<()> {
                 threads: 1,
                 connections: 32,
                 seconds: 5,
+                timeout_seconds: 5,
             },
             3,
             1,
@@ -93,6 +80,7 @@ fn run(full: bool) -> anyhow::Result<()> {
                 threads: 1,
                 connections: 8,
                 seconds: 1,
+                timeout_seconds: 5,
             },
             1,
             0,
@@ -200,7 +188,9 @@ fn run(full: bool) -> anyhow::Result<()> {
     ));
     println!(
         "  load, the same for every config: {}",
-        params.settings.describe(&["Authorization"])
+        params
+            .settings
+            .describe(&["Authorization"], "http://ADDR/PATH")
     );
     // The TokenReviews column of the shared tables has no meaning here.
     let no_reviews = || Err(anyhow!("not applicable"));

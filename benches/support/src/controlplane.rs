@@ -1,5 +1,5 @@
-//! The real control plane the exit relay reviews its caller's token against:
-//! one etcd and one kube-apiserver made by `hack/controlplane.sh` (the single
+//! The real control plane a bench's agent talks to (the exit relay reviews
+//! its caller's token against it; the read cache lists through it): one etcd and one kube-apiserver made by `hack/controlplane.sh` (the single
 //! source of truth for ports, certificates and flags), plus a ServiceAccount
 //! `bench` in `default` and a token for it.
 //!
@@ -139,13 +139,14 @@ impl Drop for ControlPlane {
         drop(self.etcd.take());
         // Bounded by the script: it gives up on a process after 30 s.
         if let Err(err) = script(&["down", &self.dir.to_string_lossy()]) {
-            eprintln!("service_relay bench: control plane down: {err:#}");
+            eprintln!("bench: control plane down: {err:#}");
         }
     }
 }
 
+/// The repository's script; this crate lives in `benches/support`.
 fn script_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/controlplane.sh")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../hack/controlplane.sh")
 }
 
 fn script(args: &[&str]) -> anyhow::Result<Output> {

@@ -1,9 +1,11 @@
-//! The exit relay's check of its caller: the relay token in
-//! `Cluster-Proxy-Relay-Authorization` is reviewed by the managed cluster's
-//! apiserver (TokenReview) and its user must be one of `--allowed-caller`.
-//! With no allowed caller configured nobody is allowed (fail closed).
-//! Verdicts are cached briefly per token; the cache is bounded, and
-//! concurrent lookups of one token share a single TokenReview.
+//! Callers checked by their bearer token: the token is reviewed by an
+//! apiserver (TokenReview) and its user must be one of an allow-list (the
+//! exit relay's `--allowed-caller` for the relay token in
+//! `Cluster-Proxy-Relay-Authorization`, the fan-out's `--admin-user`). With
+//! nobody on the list nobody is allowed (fail closed). Verdicts are cached
+//! briefly per token; the cache is bounded (both are flags,
+//! [`TokenReviewArgs`]), and concurrent lookups of one token share a single
+//! TokenReview.
 
 use std::{
     borrow::Borrow,
@@ -30,7 +32,34 @@ pub enum Verdict {
     Unauthenticated,
 }
 
-const CACHE_LIMIT: usize = 4096;
+/// How verdicts are cached: the flags shared by the subcommands that
+/// review callers.
+#[derive(Debug, Clone, Copy, clap::Args)]
+#[command(next_help_heading = "TokenReview")]
+pub struct TokenReviewArgs {
+    /// How long a caller's TokenReview verdict is reused (exit relay: the
+    /// relay caller; webhook-fanout: an --admin-user caller).
+    #[arg(long, env = "CLUSTER_RELAY_TOKEN_REVIEW_CACHE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub token_review_cache_ttl: Duration,
+
+    /// Most TokenReview verdicts cached, one per token; past it, expired
+    /// verdicts are dropped, and all of them if none has expired.
+    #[arg(
+        long,
+        env = "CLUSTER_RELAY_TOKEN_REVIEW_CACHE_MAX_ENTRIES",
+        default_value_t = 4096
+    )]
+    pub token_review_cache_max_entries: usize,
+}
+
+/// Why a token could not be reviewed (the apiserver did not answer).
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error("TokenReview timed out")]
+    Timeout,
+    #[error("TokenReview failed: {0}")]
+    Api(#[source] kube::Error),
+}
 
 /// A token as a verdict-cache key. Looked up by the token itself, with the
 /// map's keyed SipHash: hashing a ~1 KiB token with SHA-256 on every request
@@ -72,7 +101,7 @@ impl fmt::Debug for CachedToken {
     }
 }
 
-/// Checks relay callers.
+/// The verdicts, per token.
 #[derive(Default)]
 struct Cache {
     verdicts: HashMap<CachedToken, (Instant, Verdict)>,
@@ -81,10 +110,12 @@ struct Cache {
     last: Option<(CachedToken, Instant, Verdict)>,
 }
 
+/// Checks callers by TokenReview against the allow-list.
 pub struct Callers {
     client: kube::Client,
     allowed: HashSet<String>,
     ttl: Duration,
+    max_entries: usize,
     timeout: Duration,
     cache: Mutex<Cache>,
     /// Keyed by the token's SHA-256, computed on a cache miss only.
@@ -95,13 +126,14 @@ impl Callers {
     pub fn new(
         client: kube::Client,
         allowed: impl IntoIterator<Item = String>,
-        ttl: Duration,
+        cache: TokenReviewArgs,
         timeout: Duration,
     ) -> Self {
         Self {
             client,
             allowed: allowed.into_iter().collect(),
-            ttl,
+            ttl: cache.token_review_cache_ttl,
+            max_entries: cache.token_review_cache_max_entries,
             timeout,
             cache: Mutex::default(),
             reviews: Coalescer::new(),
@@ -114,7 +146,7 @@ impl Callers {
     }
 
     /// Reviews `token`; an error means the apiserver could not answer.
-    pub async fn verify(&self, token: &str) -> Result<Verdict, String> {
+    pub async fn verify(&self, token: &str) -> Result<Verdict, ReviewError> {
         {
             let mut cache = self.cache.lock().expect("cache lock");
             if let Some((last, at, verdict)) = &cache.last
@@ -141,7 +173,7 @@ impl Callers {
         Ok(verdict)
     }
 
-    async fn review(&self, token: &str) -> Result<Verdict, String> {
+    async fn review(&self, token: &str) -> Result<Verdict, ReviewError> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_owned()),
@@ -155,8 +187,8 @@ impl Callers {
             reviews.create(&PostParams::default(), &review),
         )
         .await
-        .map_err(|_| "TokenReview timed out".to_owned())?
-        .map_err(|err| format!("TokenReview failed: {err}"))?;
+        .map_err(|_| ReviewError::Timeout)?
+        .map_err(ReviewError::Api)?;
         let status = answer.status.unwrap_or_default();
         let verdict = match (status.authenticated, status.user.and_then(|u| u.username)) {
             (Some(true), Some(user)) if self.allowed.contains(&user) => {
@@ -167,10 +199,10 @@ impl Callers {
         };
         let mut cache = self.cache.lock().expect("cache lock");
         let verdicts = &mut cache.verdicts;
-        if verdicts.len() >= CACHE_LIMIT {
+        if verdicts.len() >= self.max_entries {
             let ttl = self.ttl;
             verdicts.retain(|_, (at, _)| at.elapsed() < ttl);
-            if verdicts.len() >= CACHE_LIMIT {
+            if verdicts.len() >= self.max_entries {
                 verdicts.clear();
             }
         }

@@ -128,16 +128,8 @@ pub fn run(cx: &Context, configs: &[Config], params: &Params) -> anyhow::Result<
         for (row, config) in rows.iter_mut().zip(configs) {
             procs::check_interrupted()?;
             let tag = format!("{}-warmup", slug(config.name));
-            if let Err(err) = wrk::run(
-                cx.wrk,
-                &hook,
-                dir,
-                &tag,
-                &warmup,
-                config.addr,
-                cx.path,
-                &config.headers,
-            ) {
+            let url = format!("http://{}{}", config.addr, cx.path);
+            if let Err(err) = wrk::run(cx.wrk, &hook, dir, &tag, &warmup, &url, &config.headers) {
                 row.failures.push(format!("warm-up: {err:#}"));
             }
         }
@@ -170,14 +162,14 @@ fn one_run(
     let upstream_before = procs::group_ticks(upstream_group);
     let wrk_before = children_cpu_seconds();
     let started = Instant::now();
+    let url = format!("http://{}{}", config.addr, cx.path);
     let report = wrk::run(
         cx.wrk,
         hook,
         cx.dir,
         tag,
         &params.settings,
-        config.addr,
-        cx.path,
+        &url,
         &config.headers,
     )?;
     let elapsed = started.elapsed().as_secs_f64();

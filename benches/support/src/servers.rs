@@ -1,7 +1,8 @@
-//! The processes under test, each with its own configuration and log in the
-//! bench's temporary directory (nothing relies on system services): the
-//! upstream (nginx serving a static file), nginx as a reverse proxy to it,
-//! and `agent service-relay --role exit` in front of it.
+//! nginx under test, with its own configuration and log in the bench's
+//! temporary directory (nothing relies on system services): the upstream
+//! (serving a static file), a reverse proxy to it, or a server with a
+//! configuration of the bench's own (the read cache's peers); and a bounded
+//! GET that checks what a server under test serves.
 
 use std::{
     io::{Read as _, Write as _},
@@ -18,14 +19,10 @@ use anyhow::{Context as _, bail};
 use crate::procs::{self, Proc};
 
 /// How long a process may take to start listening.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests per client connection before nginx closes it: high, so that no
 /// configuration spends the run reconnecting (nginx's default is 1000).
 const KEEPALIVE_REQUESTS: u32 = 1_000_000;
-
-/// The Service name the relay's requests name, resolved by `--resolve`.
-pub const NAMESPACE: &str = "bench";
-pub const SERVICE: &str = "upstream";
 
 /// The static file the upstream serves.
 pub struct Document {
@@ -133,55 +130,6 @@ pub fn nginx_server(
     listening(proc, port)
 }
 
-/// `agent service-relay --role exit` in front of the upstream (named
-/// `upstream.bench.svc`, resolved to 127.0.0.1 by `--resolve`), reviewing
-/// callers against the control plane of `kubeconfig`; ready (/readyz 200).
-/// `worker_threads` is `--worker-threads`; `None` keeps the runtime's
-/// default (one per core).
-pub fn exit_relay(
-    dir: &Path,
-    tag: &str,
-    kubeconfig: &Path,
-    caller: &str,
-    worker_threads: Option<usize>,
-) -> anyhow::Result<Server> {
-    let log = dir.join(format!("{tag}.log"));
-    let mut command = procs::command(env!("CARGO_BIN_EXE_agent"));
-    if let Some(n) = worker_threads {
-        command.args(["--worker-threads", &n.to_string()]);
-    }
-    command
-        .args(["service-relay", "--role", "exit"])
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(["--allowed-caller", caller])
-        .arg("--resolve")
-        .arg(format!("{SERVICE}.{NAMESPACE}.svc=127.0.0.1"))
-        .args([
-            "--listen-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-        ])
-        // info, for the lines naming the bound addresses; the relay logs
-        // nothing at info per request.
-        .args(["--log-format", "json", "--log-level", "info"]);
-    command.env_remove("TOKIO_WORKER_THREADS");
-    let mut proc = Proc::spawn(
-        &format!("agent service-relay ({tag})"),
-        command,
-        None,
-        Some(&log),
-    )?;
-
-    let (addr, admin) = procs::agent_addrs(&mut proc, &log, START_TIMEOUT)?;
-    procs::wait_for("the relay's /readyz", START_TIMEOUT, || {
-        proc.ensure_running()?;
-        Ok(get(admin, "/readyz", &[]).is_ok_and(|(status, _)| status == 200))
-    })?;
-    Ok(Server { addr, proc })
-}
-
 pub fn listening(mut proc: Proc, port: u16) -> anyhow::Result<Server> {
     procs::wait_for(&format!("nginx to listen on {port}"), START_TIMEOUT, || {
         proc.ensure_running()?;
@@ -251,7 +199,7 @@ pub fn verify(
 
 /// A bounded HTTP/1.0 GET (1.0, so the body is never chunked and ends with
 /// the connection): status and body.
-fn get(
+pub fn get(
     addr: SocketAddr,
     path: &str,
     headers: &[(String, String)],

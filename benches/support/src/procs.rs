@@ -1,5 +1,5 @@
-//! The processes the bench starts (the relay, its peers, iperf3, the hold
-//! server) and what it reads about processes from /proc.
+//! The processes a bench starts (the agent, its peers, iperf3, wrk, the
+//! hold server) and what it reads about processes from /proc.
 //!
 //! Every child leads its own process group, so one kill also ends what it
 //! forked (socat forks a process per connection), and has

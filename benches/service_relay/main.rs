@@ -25,34 +25,22 @@
 //! run (about 110 s). Without it, as `cargo test --all-targets` runs every
 //! target, it makes a short smoke run of the same steps.
 
-// A bench root resolves `mod` paths beside itself, like a main.rs; the
-// parts live in benches/service_relay/, and two are shared with the
-// apiserver-relay bench, which uses more of them than this one does.
-#[path = "service_relay/controlplane.rs"]
-mod controlplane;
-#[path = "service_relay/measure.rs"]
-mod measure;
-#[path = "apiserver_relay/procs.rs"]
-#[allow(dead_code)]
-mod procs;
-#[path = "apiserver_relay/report.rs"]
-#[allow(dead_code)]
-mod report;
-#[path = "service_relay/servers.rs"]
-mod servers;
-#[path = "service_relay/summary.rs"]
+mod exit;
 mod summary;
-#[path = "service_relay/wrk.rs"]
-mod wrk;
 
 use std::{process::ExitCode, time::Instant};
 
 use anyhow::{Context as _, bail};
+use bench_support::{
+    controlplane::{self, ControlPlane},
+    measure::{self, Config},
+    procs, report,
+    servers::{self, Document},
+    wrk,
+};
 
 use crate::{
-    controlplane::ControlPlane,
-    measure::Config,
-    servers::{Document, NAMESPACE, SERVICE},
+    exit::{NAMESPACE, SERVICE},
     summary::{DIRECT, NGINX, RELAY, RELAY_ONE},
 };
 
@@ -81,6 +69,7 @@ fn run(full: bool) -> anyhow::Result<()> {
                 threads: 1,
                 connections: 32,
                 seconds: 5,
+                timeout_seconds: 5,
             },
             rounds: 5,
             warmup_seconds: 1,
@@ -91,6 +80,7 @@ fn run(full: bool) -> anyhow::Result<()> {
                 threads: 1,
                 connections: 8,
                 seconds: 1,
+                timeout_seconds: 5,
             },
             rounds: 1,
             warmup_seconds: 0,
@@ -130,8 +120,8 @@ fn run(full: bool) -> anyhow::Result<()> {
     );
     let nginx_proxy = servers::nginx_proxy(dir.path(), &nginx, upstream.addr)?;
     let kubeconfig = plane.kubeconfig();
-    let relay = servers::exit_relay(dir.path(), "relay", &kubeconfig, controlplane::CALLER, None)?;
-    let relay_one = servers::exit_relay(
+    let relay = exit::exit_relay(dir.path(), "relay", &kubeconfig, controlplane::CALLER, None)?;
+    let relay_one = exit::exit_relay(
         dir.path(),
         "relay-1-worker",
         &kubeconfig,
@@ -209,7 +199,7 @@ fn run(full: bool) -> anyhow::Result<()> {
     ));
     println!(
         "  load, the same for every config: {}",
-        params.settings.describe(&[])
+        params.settings.describe(&[], "http://ADDR/PATH")
     );
     println!(
         "  (every config gets the same request bytes: -H for the five Cluster-Proxy-* headers the managed apiserver sends, relay token, proto, namespace, service, port; the relay needs them, nginx and the upstream pass or ignore them)"
