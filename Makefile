@@ -8,12 +8,14 @@
 #   make addon-manager  the hub's add-on manager (Go, addon-manager/), static
 #   make go-check  gofmt, go vet and go test of every Go module (in make test)
 #   make ocm    OCM's hub controllers and klusterlet agent (hack/build-ocm.sh)
-#   make e2e    the add-on deployed by OCM in hosted mode (tests/e2e_ocm.rs)
+#   make e2e    the add-on deployed by OCM in hosted mode (tests/e2e_ocm.rs;
+#               make test runs it too)
 #   make test-oldest  the suites that talk to Kubernetes, against 1.20.2
 #   make deny   cargo deny check bans licenses sources (deny.toml; in make test)
 # hack/install-deps.sh installs system packages and builds kube-apiserver
 # 1.20.2 (the oldest supported); hack/build-kubernetes.sh builds the current
-# release; hack/build-ocm.sh builds Open Cluster Management. They cache
+# release; hack/build-ocm.sh builds Open Cluster Management (the e2e's hub
+# controllers and klusterlet agents). They cache
 # outside the checkout (CLUSTER_RELAY_CACHE, default /var/cache/cluster-relay),
 # keyed by version.
 
@@ -28,7 +30,7 @@ export CARGO_DENY_VERSION ?= 0.20.2
 CARGO_DENY := $(CACHE)/cargo-deny-$(CARGO_DENY_VERSION)/bin/cargo-deny
 # The newest OCM release whose module the Go proxy serves (hack/build-ocm.sh).
 export OCM_VERSION ?= 1.2.1
-export OCM_DIR ?= $(CACHE)/ocm-$(OCM_VERSION)-r1
+export OCM_DIR ?= $(CACHE)/ocm-$(OCM_VERSION)-r2
 GO := PATH=/usr/local/go/bin:$$PATH GOTOOLCHAIN=local GONOSUMDB=open-cluster-management.io \
 	GOFLAGS=-buildvcs=false go
 GOFMT := $(or $(wildcard /usr/local/go/bin/gofmt),gofmt)
@@ -44,6 +46,7 @@ all: build
 deps:
 	bash hack/install-deps.sh --helm
 	bash hack/build-kubernetes.sh $(KUBE_VERSION)
+	bash hack/build-ocm.sh $(OCM_VERSION)
 
 deps-bench:
 	bash hack/install-deps.sh --bench
@@ -100,11 +103,13 @@ test-oldest: deps
 	KUBE_APISERVER=$(OLDEST_APISERVER) ETCD=etcd \
 		$(CARGO) test --locked $(addprefix --test ,$(OLDEST_SUITES))
 
-# The images the e2e's nodes run: the pause sandbox, the echo Service and the
-# agent (the last line printed is the agent's archive).
+# The images the e2e's nodes run: the pause sandbox, the echo Service, the
+# hub's add-on manager and the agent (the last line printed is the agent's
+# archive).
 images: deps
 	bash hack/build-image.sh pause
 	bash hack/build-image.sh echo
+	bash hack/build-image.sh addon-manager
 	bash hack/build-image.sh agent
 
 addon-manager:
@@ -114,11 +119,9 @@ ocm:
 	bash hack/build-ocm.sh $(OCM_VERSION)
 
 # The add-on deployed by OCM's own controllers in hosted mode
-# (tests/e2e_ocm.rs). Not yet part of make test: it does not pass yet
-# (see the test's doc comment), so it is #[ignore]d there.
-e2e: deps ocm images
-	bash hack/build-image.sh addon-manager
-	$(CARGO) test --locked --test e2e_ocm -- --ignored --nocapture
+# (tests/e2e_ocm.rs); make test runs it with every other test binary.
+e2e: deps images
+	$(CARGO) test --locked --test e2e_ocm -- --nocapture
 
 image: deps
 	bash hack/build-image.sh agent

@@ -25,6 +25,13 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# Called from a test, this script inherits what cargo test sets for the
+# test process (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...). Build scripts
+# watch some of them (ring's: rerun-if-env-changed), so cargo would rebuild
+# the release binary from ring up each time the caller changes between a
+# shell (make images) and a test. Nothing here needs them.
+unset "${!CARGO_PKG_@}" CARGO_MANIFEST_DIR CARGO_MANIFEST_PATH CARGO_MANIFEST_LINKS \
+  CARGO_CRATE_NAME CARGO_PRIMARY_PACKAGE CARGO_TARGET_TMPDIR OUT_DIR
 CACHE=${CLUSTER_RELAY_CACHE:-/var/cache/cluster-relay}
 KUBE_VERSION=${KUBE_VERSION:-1.37.2}
 AGENT_IMAGE=${AGENT_IMAGE:-localhost/cluster-relay/agent:dev}

@@ -10,6 +10,9 @@
 #   addon                 `addon manager`            (hub: add-on install/config)
 #   registration-operator `registration-operator agent` (the all-in-one
 #                         klusterlet agent: registration + work agents)
+#   klusterlet            the same command with --work-resync-interval
+#                         (hack/ocm/klusterlet/main.go: the work agent's
+#                         resync period is a package variable in OCM, no flag)
 #
 # `go install pkg@version` would need the proxy's version list, which it does
 # not serve for these modules; so, like build-kubernetes.sh, this writes a
@@ -24,9 +27,10 @@ set -euo pipefail
 VERSION=${1:-${OCM_VERSION:-1.2.1}}
 CACHE=${CLUSTER_RELAY_CACHE:-/var/cache/cluster-relay}
 # Bump when the build recipe changes, so caches built the old way are not used.
-REV=r1
+REV=r2
+HACK=$(cd "$(dirname "$0")" && pwd)
 OUT="$CACHE/ocm-$VERSION-$REV"
-BINARIES=(registration work addon registration-operator)
+BINARIES=(registration work addon registration-operator klusterlet)
 
 log() { printf 'build-ocm: %s\n' "$*" >&2; }
 
@@ -73,7 +77,8 @@ if grep -l '{{' "$OUT.tmp"/crds/*/*.yaml >&2; then log "templated CRDs above"; e
 touch "$OUT.tmp/crds/.complete"
 
 work="$CACHE/build-ocm-$VERSION"
-mkdir -p "$work"
+mkdir -p "$work/cmd/klusterlet"
+cp "$HACK/ocm/klusterlet/main.go" "$work/cmd/klusterlet/"
 cd "$work"
 {
   echo "module cluster-relay.local/ocm-build"
@@ -81,7 +86,9 @@ cd "$work"
   grep -m1 '^go ' "$dir/go.mod"
   echo
   echo "require open-cluster-management.io/ocm v$VERSION"
-  for b in "${BINARIES[@]}"; do echo "tool open-cluster-management.io/ocm/cmd/$b"; done
+  for b in "${BINARIES[@]}"; do
+    [ "$b" = klusterlet ] || echo "tool open-cluster-management.io/ocm/cmd/$b"
+  done
 } >go.mod
 log "resolving modules (go mod tidy)"
 go mod tidy >tidy.log 2>&1 || { tail -30 tidy.log >&2; exit 1; }
@@ -89,8 +96,10 @@ for b in "${BINARIES[@]}"; do
   [ -x "$OUT.tmp/bin/$b" ] && continue
   log "go build $b (ocm v$VERSION)"
   start=$(date +%s)
+  pkg="open-cluster-management.io/ocm/cmd/$b"
+  [ "$b" = klusterlet ] && pkg=./cmd/klusterlet
   CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$OUT.tmp/bin/$b.part" \
-    "open-cluster-management.io/ocm/cmd/$b" >"build-$b.log" 2>&1 ||
+    "$pkg" >"build-$b.log" 2>&1 ||
     { tail -30 "build-$b.log" >&2; exit 1; }
   mv "$OUT.tmp/bin/$b.part" "$OUT.tmp/bin/$b"
   log "$b built in $(($(date +%s) - start))s"

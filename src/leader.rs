@@ -235,6 +235,47 @@ pub async fn seize(
     }
 }
 
+/// The annotation [`retire_candidates`] puts on a Lease: every candidate
+/// that reads it stops trying for good (until its process restarts), and
+/// so never creates the Lease again once it is deleted.
+pub const RETIRED_ANNOTATION: &str = "cluster-relay.io/candidates-retired";
+
+/// Marks the Lease so that every candidate that reads it retires: for the
+/// pre-delete cleanup, after [`seize`]. A Lease seized but not marked is
+/// taken again, as a new Lease, by a replica still running when the Lease
+/// goes (with its owner) before the replica does; the new one would outlive
+/// the release. Idempotent; retries conflicts with renewals.
+pub async fn retire_candidates(
+    client: kube::Client,
+    config: &LeaderConfig,
+) -> Result<(), kube::Error> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::api::{Api, PostParams};
+
+    let api: Api<Lease> = Api::namespaced(client, &config.namespace);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let mut lease = api.get(&config.lease_name).await?;
+        let annotations = lease
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default);
+        if annotations.contains_key(RETIRED_ANNOTATION) {
+            return Ok(());
+        }
+        annotations.insert(RETIRED_ANNOTATION.into(), "true".into());
+        match api
+            .replace(&config.lease_name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(status)) if status.is_conflict() && tries < 10 => continue,
+            Err(err) => return Err(err),
+        }
+    }
+}
+
 /// Makes ServiceAccount `owner` (in the Lease's namespace) an owner of the
 /// Lease, so that the garbage collector deletes the Lease with it. For a
 /// Lease nothing renders: the provisioner's, which the cleanup seizes and

@@ -433,9 +433,10 @@ async fn cleanup_until(
 /// on the managed cluster (through the source kubeconfig).
 ///
 /// The pre-delete Job runs while the provisioner still does, which would
-/// write everything again. With leader election the cleanup first seizes
-/// the Lease for [`CLEANUP_LEASE_HOLD`] and waits out the renew deadline,
-/// after which no replica writes. The Lease stays, held; with
+/// write everything again. With leader election the cleanup first marks
+/// the Lease so that replicas retire (and never make it again once it is
+/// gone), seizes it for [`CLEANUP_LEASE_HOLD`] and waits out the renew
+/// deadline, after which no replica writes. The Lease stays, held; with
 /// `--cleanup-lease-owner` it is owned by the provisioner's ServiceAccount
 /// and goes with it. Seizing happens once (`plan.lease` is taken).
 async fn cleanup(
@@ -444,6 +445,17 @@ async fn cleanup(
     plan: &mut CleanupPlan,
 ) -> anyhow::Result<()> {
     if let Some(lease) = plan.lease.as_ref() {
+        // Replicas still running when the Lease goes (with its owner)
+        // must not make a new one that would outlive the release.
+        crate::leader::retire_candidates(hosting.clone(), lease)
+            .await
+            .map_err(|err| {
+                anyhow::anyhow!(
+                    "marking the Lease {}/{} for cleanup: {err}",
+                    lease.namespace,
+                    lease.lease_name
+                )
+            })?;
         crate::leader::seize(hosting.clone(), lease, CLEANUP_LEASE_HOLD)
             .await
             .map_err(|err| {

@@ -27,54 +27,29 @@
 
 mod support;
 
-use std::collections::BTreeSet;
-use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use base64::Engine as _;
-use serde_json::{Value, json};
+use serde_json::Value;
 use support::{
     Cluster,
     chart::{self, Rendered, args_of, chart_file, check_flags},
-    echo::echoed,
-    repo_path, run_dir, shared_cluster, wait_for_sync, wait_until_sync,
+    hosted::{
+        ECHO, HOSTING_NS, MANAGED_NS, TARGET, echo_through_entry, get_through_entry, http_in,
+        image, kubectl_to_managed, provisioned, restricted_namespace, rotations, start_echo,
+    },
+    repo_path, shared_cluster, wait_for_sync, wait_until_sync,
 };
 
 const DEADLINE: Duration = Duration::from_secs(120);
-const HOSTING_NS: &str = "klusterlet-c1";
-const MANAGED_NS: &str = "open-cluster-management-agent-addon";
-const TARGET: &str = "cluster-relay-managed-kubeconfig";
 const ADMIN_PORT: u16 = 9090;
-const USER: &str = "Bearer the-users-own-token";
-const ECHO: &str = "/api/v1/namespaces/apps/services/http:echo:8080/proxy";
 
 #[test]
 fn the_hosted_topology_on_real_clusters() {
     if let Err(err) = end_to_end() {
         panic!("{err:#}");
     }
-}
-
-/// `hack/build-image.sh what`: the archive's path (its last line).
-fn image(what: &str) -> anyhow::Result<PathBuf> {
-    let out = Command::new(repo_path("hack/build-image.sh"))
-        .arg(what)
-        .output()
-        .context("running hack/build-image.sh")?;
-    if !out.status.success() {
-        bail!(
-            "hack/build-image.sh {what}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    Ok(PathBuf::from(
-        stdout.lines().last().context("no archive path")?,
-    ))
 }
 
 fn end_to_end() -> anyhow::Result<()> {
@@ -180,14 +155,7 @@ fn end_to_end() -> anyhow::Result<()> {
     );
 
     println!("== 1. kubectl through the apiserver relay");
-    let relay = hosting.service_addr(HOSTING_NS, "c1")?;
-    let out = kubectl_through(
-        hosting,
-        relay,
-        &managed.kubeconfig_path(),
-        &["get", "namespace", MANAGED_NS, "-o", "name"],
-    )?;
-    anyhow::ensure!(out.trim() == format!("namespace/{MANAGED_NS}"), "{out}");
+    let (relay, out) = kubectl_to_managed(hosting, managed)?;
     println!(
         "   from the hosting cluster's network, kubectl --server https://{relay} get namespace {MANAGED_NS}: {} (TLS end to end with the managed apiserver)",
         out.trim()
@@ -195,14 +163,7 @@ fn end_to_end() -> anyhow::Result<()> {
 
     println!("== 2. the echo Service of the managed cluster through the service relay");
     let entry = hosting.service_addr(HOSTING_NS, "cluster-relay-service-relay-entry")?;
-    let (status, body) = get_through_entry(hosting, entry, &format!("{ECHO}/hello"))?;
-    anyhow::ensure!(status == 200, "{status}: {body}");
-    let (json, headers) = echoed(&body);
-    anyhow::ensure!(json["path"] == "/hello", "{json}");
-    anyhow::ensure!(
-        headers.get("authorization") == Some(&vec![USER.to_owned()]),
-        "{headers:?}"
-    );
+    echo_through_entry(hosting, entry)?;
     println!(
         "   GET http://{entry}{ECHO}/hello: 200 from the echo pod on the managed cluster, with the caller's own Authorization"
     );
@@ -212,7 +173,10 @@ fn end_to_end() -> anyhow::Result<()> {
     let read = cached_reads(hosting, managed, cache)?;
 
     println!("== 4. the token rotates and no request fails");
-    rotations(hosting, relay, entry, first_hash)?;
+    let (replaced, requests) = rotations(hosting, relay, entry, first_hash)?;
+    println!(
+        "   the token was replaced {replaced} times; {requests} requests through the relays meanwhile, none failed"
+    );
 
     println!("== 5. the footprint of one managed cluster on the hosting cluster");
     footprint(hosting, relay, entry, cache, &read)?;
@@ -220,120 +184,6 @@ fn end_to_end() -> anyhow::Result<()> {
     println!("== 6. the add-on is deleted: the cleanup Job, then the manifests");
     uninstall(hosting, managed, &objects)?;
     Ok(())
-}
-
-/// Creates `ns` enforcing the restricted Pod Security Standard, so the real
-/// admission plugin checks the chart's securityContext.
-fn restricted_namespace(cluster: &Cluster, ns: &str) -> anyhow::Result<()> {
-    let namespace = json!({
-        "apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": ns, "labels": {
-            "pod-security.kubernetes.io/enforce": "restricted",
-            "pod-security.kubernetes.io/enforce-version": "latest"}},
-    });
-    cluster.kubectl_with_stdin(&["apply", "-f", "-"], namespace.to_string().as_bytes())?;
-    Ok(())
-}
-
-/// The echo Service on the managed cluster: a Deployment of the echo image
-/// (tests/images/echo) and its Service, in namespace `apps`.
-fn start_echo(managed: &Cluster) -> anyhow::Result<()> {
-    restricted_namespace(managed, "apps")?;
-    let labels = json!({"app": "echo"});
-    let objects = json!({"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "apps/v1", "kind": "Deployment",
-         "metadata": {"name": "echo", "namespace": "apps"},
-         "spec": {"selector": {"matchLabels": labels}, "template": {
-            "metadata": {"labels": labels},
-            "spec": {
-                "automountServiceAccountToken": false,
-                "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
-                "containers": [{
-                    "name": "echo", "image": "localhost/cluster-relay/echo:dev",
-                    "imagePullPolicy": "Never", "args": ["-listen", ":8080"],
-                    "ports": [{"name": "http", "containerPort": 8080}],
-                    "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 2},
-                    "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
-                    "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
-                        "capabilities": {"drop": ["ALL"]}},
-                }]}}}},
-        {"apiVersion": "v1", "kind": "Service",
-         "metadata": {"name": "echo", "namespace": "apps"},
-         "spec": {"selector": labels, "ports": [{"name": "http", "port": 8080, "targetPort": "http"}]}},
-    ]});
-    managed.kubectl_with_stdin(&["apply", "-f", "-"], objects.to_string().as_bytes())?;
-    Ok(())
-}
-
-/// The provisioned managed kubeconfig and its hash annotation.
-fn provisioned(hosting: &Cluster) -> anyhow::Result<(String, String)> {
-    let out = hosting.kubectl_ok(&["get", "secret", TARGET, "-n", HOSTING_NS, "-o", "json"])?;
-    let secret: Value = serde_json::from_str(&out)?;
-    let data = secret["data"]["kubeconfig"]
-        .as_str()
-        .context("data.kubeconfig")?;
-    let kubeconfig = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(data)?)?;
-    let hash = secret["metadata"]["annotations"]["cluster-relay.io/kubeconfig-hash"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    Ok((kubeconfig, hash))
-}
-
-/// kubectl with `kubeconfig` (a path) through the apiserver relay at
-/// `relay`, run in the hosting cluster's network.
-fn kubectl_through(
-    hosting: &Cluster,
-    relay: SocketAddr,
-    kubeconfig: &std::path::Path,
-    args: &[&str],
-) -> anyhow::Result<String> {
-    let out = hosting
-        .in_node("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args([
-            "--server",
-            &format!("https://{relay}"),
-            "--tls-server-name",
-            "kubernetes.default.svc",
-            "--request-timeout=20s",
-        ])
-        .args(args)
-        .env("KUBECACHEDIR", run_dir().join("kubecache-relay"))
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "kubectl {args:?} through the relay: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// One HTTP/1.1 exchange from the hosting cluster's network (use
-/// `Connection: close`); the status and the body.
-fn http_in(cluster: &Cluster, addr: SocketAddr, request: &str) -> anyhow::Result<(u16, String)> {
-    let mut stream = cluster.connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    stream.write_all(request.as_bytes())?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    support::agent::parse_response(&response)
-}
-
-fn get_through_entry(
-    hosting: &Cluster,
-    entry: SocketAddr,
-    path: &str,
-) -> anyhow::Result<(u16, String)> {
-    http_in(
-        hosting,
-        entry,
-        &format!(
-            "GET {path} HTTP/1.1\r\nHost: entry\r\nConnection: close\r\nAuthorization: {USER}\r\n\r\n"
-        ),
-    )
 }
 
 /// Step 3: a reader on the managed cluster reads a ConfigMap twice through
@@ -446,58 +296,6 @@ fn metric_sum(
             .sum::<f64>();
     }
     Ok(sum)
-}
-
-/// Step 4: requests through both relays while the provisioner replaces the
-/// token (every 10 s with e2e/local/values.yaml); none may fail.
-fn rotations(
-    hosting: &Cluster,
-    relay: SocketAddr,
-    entry: SocketAddr,
-    first_hash: String,
-) -> anyhow::Result<()> {
-    let mut seen = BTreeSet::from([first_hash]);
-    let (mut ok, mut failed) = (0, Vec::new());
-    let started = Instant::now();
-    let provisioned_path = run_dir().join("provisioned.kubeconfig");
-    while seen.len() < 3 && started.elapsed() < Duration::from_secs(120) {
-        let (kubeconfig, hash) = provisioned(hosting)?;
-        if seen.insert(hash) {
-            // A hosting-side client with the new kubeconfig, through the relay.
-            std::fs::write(&provisioned_path, &kubeconfig)?;
-            match kubectl_through(
-                hosting,
-                relay,
-                &provisioned_path,
-                &["get", "--raw", &format!("{ECHO}/new-token")],
-            ) {
-                Ok(_) => ok += 1,
-                Err(err) => failed.push(format!("{err:#}")),
-            }
-        }
-        match get_through_entry(hosting, entry, &format!("{ECHO}/rotation")) {
-            Ok((200, _)) => ok += 1,
-            Ok((status, body)) => failed.push(format!("{status}: {body}")),
-            Err(err) => failed.push(format!("{err:#}")),
-        }
-    }
-    anyhow::ensure!(
-        seen.len() >= 3,
-        "the token rotated only {} times",
-        seen.len() - 1
-    );
-    anyhow::ensure!(
-        failed.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failed.len(),
-        ok + failed.len(),
-        failed.first()
-    );
-    println!(
-        "   the token was replaced {} times; {ok} requests through the relays meanwhile, none failed",
-        seen.len() - 1
-    );
-    Ok(())
 }
 
 /// Memory of the agent process of the pod with `uid`, read from its cgroup

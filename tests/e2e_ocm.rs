@@ -5,8 +5,9 @@
 //! enabled) put the chart on three real clusters (`hack/cluster.sh`):
 //!
 //! - `ocm-hub` (slot 2): the hub's CRDs; `registration controller`,
-//!   `work manager`, `addon manager` and our addon-manager run as processes
-//!   against it;
+//!   `work manager` and `addon manager` run as processes against it, our
+//!   addon-manager as a pod on its node, installed as the README says
+//!   (`addon-manager/deploy/`);
 //! - `hosting` (slot 0): joined as ManagedCluster `hosting` by a klusterlet
 //!   agent in Default mode;
 //! - `managed` (slot 1): joined as ManagedCluster `c1` by a klusterlet agent
@@ -20,14 +21,17 @@
 //!    for both clusters, OCM's work agents apply them, every Deployment is
 //!    Available, the provisioner writes the managed kubeconfig and reports
 //!    `ManagedKubeconfigReady` on the hub, and the add-on is Available;
-//! 2. kubectl through the apiserver relay, the echo Service through the
-//!    service relay;
+//! 2. kubectl through the apiserver relay, the echo Service (a pod on the
+//!    managed cluster) through the service relay; the provisioner replaces
+//!    the token twice (every 10 s here) while requests go through both
+//!    relays, and none fails;
 //! 3. an AddOnDeploymentConfig (registry mirror, node selector, a
 //!    customized variable) rolls out to the pods;
-//! 4. (not yet) the provisioner keeps its Lease across work-agent resyncs:
-//!    the chart renders no Lease any more (tests/chart.rs, the Go tests);
-//!    restarting the process-mode klusterlet does not stand in for a resync
-//!    (it waits to bootstrap again), and the resync period is a variable;
+//! 4. the provisioner's leader keeps its Lease (holder, acquireTime,
+//!    transitions) across three re-applies of the hosting work by the work
+//!    agent, counted in its log: the klusterlets run with the resync period
+//!    at 10 s (`--work-resync-interval`, hack/ocm/klusterlet: in OCM it is
+//!    the variable `manifestcontroller.ResyncInterval`, 4 minutes);
 //! 5. deleting the ManagedClusterAddOn runs the pre-delete Job on the
 //!    hosting cluster and leaves nothing of ours on either cluster, while
 //!    `open-cluster-management-agent-addon` and another add-on's object in
@@ -37,46 +41,38 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 use support::{
-    Cluster, kill, repo_path, run_dir, shared_cluster, spawn, wait_for_sync, wait_until_sync,
+    Cluster,
+    hosted::{
+        HOSTING_NS, MANAGED_NS, TARGET, echo_through_entry, image, kubectl_to_managed, provisioned,
+        rotations, script_path, start_echo,
+    },
+    kill, repo_path, run_dir, shared_cluster, spawn, wait_for_sync, wait_until_sync,
 };
 
 const DEADLINE: Duration = Duration::from_secs(240);
-const HOSTING_NS: &str = "klusterlet-c1";
-const MANAGED_NS: &str = "open-cluster-management-agent-addon";
 const ADDON: &str = "cluster-relay";
-const TARGET: &str = "cluster-relay-managed-kubeconfig";
 const AGENT_IMAGE: &str = "localhost/cluster-relay/agent:dev";
 const MIRROR_IMAGE: &str = "localhost/cluster-relay-mirror/agent:dev";
+/// `hack/build-image.sh addon-manager`'s image, and the namespace
+/// `addon-manager/deploy/` runs it in.
+const MANAGER_IMAGE: &str = "localhost/cluster-relay/addon-manager:dev";
+const MANAGER_NS: &str = "cluster-relay-addon";
+/// The work agents' resync period in this test (OCM's default: 4 minutes).
+const RESYNC: &str = "10s";
+/// The hosting cluster's work, which the hosting klusterlet applies.
+const HOSTING_WORK: &str = "addon-cluster-relay-deploy-hosting-c1-0";
+const LEASE: &str = "cluster-relay-provisioner";
 
 #[test]
-#[ignore = "not passing yet: make e2e runs it (see README, Tests)"]
 fn the_add_on_deployed_by_ocm_in_hosted_mode() {
     if let Err(err) = end_to_end() {
         panic!("{err:#}");
     }
-}
-
-/// The last line a script prints: a path.
-fn script_path(script: &str, args: &[&str]) -> anyhow::Result<PathBuf> {
-    let out = Command::new(repo_path(script))
-        .args(args)
-        .output()
-        .with_context(|| format!("running {script}"))?;
-    if !out.status.success() {
-        bail!(
-            "{script} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    Ok(PathBuf::from(
-        stdout.lines().last().context("no path printed")?,
-    ))
 }
 
 /// The OCM processes of this run; killed when it ends.
@@ -130,8 +126,12 @@ fn condition_true(object: &Value, kind: &str) -> bool {
     condition(object, kind).is_some_and(|c| c["status"] == "True")
 }
 
-/// The hub's controllers and our addon-manager, as processes.
+/// OCM's hub controllers, as processes; our addon-manager as the README
+/// installs it: `addon-manager/deploy/`, its image and the agent's set,
+/// running as a pod on the hub's node from the image in `manager` (an
+/// archive).
 fn start_hub(hub: &Cluster, ocm: &Path, manager: &Path) -> anyhow::Result<Processes> {
+    hub.import(manager)?;
     hub.kubectl_ok(&[
         "apply",
         "--server-side",
@@ -167,22 +167,29 @@ fn start_hub(hub: &Cluster, ocm: &Path, manager: &Path) -> anyhow::Result<Proces
     procs
         .0
         .push(start(&bin.join("addon"), "addon-manager", &args)?);
-    // The ClusterManagementAddOn, as the README installs it.
+    // The README's commands: the manifests, then the images.
     hub.kubectl_ok(&[
         "apply",
         "-f",
-        &repo_path("addon-manager/deploy/10-clustermanagementaddon.yaml")
-            .display()
-            .to_string(),
+        &repo_path("addon-manager/deploy/").display().to_string(),
     ])?;
-    procs.0.push(start(
-        manager,
+    let patch = json!([
+        {"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": MANAGER_IMAGE},
+        {"op": "replace", "path": "/spec/template/spec/containers/0/imagePullPolicy", "value": "Never"},
+        {"op": "replace", "path": "/spec/template/spec/containers/0/args",
+         "value": [format!("--agent-image={AGENT_IMAGE}")]},
+    ]);
+    hub.kubectl_ok(&[
+        "patch",
+        "-n",
+        MANAGER_NS,
+        "deployment",
         "cluster-relay-addon-manager",
-        &[
-            format!("--kubeconfig={kubeconfig}"),
-            format!("--agent-image={AGENT_IMAGE}"),
-        ],
-    )?);
+        "--type=json",
+        "-p",
+        &patch.to_string(),
+    ])?;
+    hub.deployments_available(MANAGER_NS, DEADLINE)?;
     Ok(procs)
 }
 
@@ -225,9 +232,26 @@ fn start_klusterlet(
         format!("--namespace={namespace}"),
         "--disable-leader-election".to_owned(),
         format!("--listen=127.0.0.1:{port}"),
+        // Step 4: several resyncs within the test, and each one logged
+        // ("Requeue manifestwork", at verbosity 2).
+        format!("--work-resync-interval={RESYNC}"),
+        "--v=2".to_owned(),
     ];
-    let bin = ocm_dir()?.join("bin/registration-operator");
+    // OCM's registration-operator with the resync period as a flag.
+    let bin = ocm_dir()?.join("bin/klusterlet");
     start(&bin, &format!("klusterlet-{name}"), &args)
+}
+
+/// The last lines of our addon-manager's log, for failure messages.
+fn manager_log(hub: &Cluster) -> String {
+    hub.kubectl_ok(&[
+        "logs",
+        "-n",
+        MANAGER_NS,
+        "deployment/cluster-relay-addon-manager",
+        "--tail=30",
+    ])
+    .unwrap_or_default()
 }
 
 fn ocm_dir() -> anyhow::Result<PathBuf> {
@@ -277,21 +301,14 @@ fn addon(hub: &Cluster) -> anyhow::Result<Value> {
 
 fn end_to_end() -> anyhow::Result<()> {
     let ocm = ocm_dir()?;
-    let manager = run_dir().join("addon-manager");
-    let out = Command::new(repo_path("hack/build-addon-manager.sh"))
-        .arg(&manager)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "hack/build-addon-manager.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let agent = script_path("hack/build-image.sh", &["agent"])?;
+    let manager = image("addon-manager")?;
+    let (agent, echo) = (image("agent")?, image("echo")?);
     let hub = shared_cluster("ocm-hub", 2);
     let (hosting, managed) = (shared_cluster("hosting", 0), shared_cluster("managed", 1));
     for cluster in [hosting, managed] {
         cluster.import(&agent)?;
     }
+    managed.import(&echo)?;
     // The registry mirror of step 3: the same image under another name.
     let sock = hosting.dir().join("containerd/containerd.sock");
     let out = Command::new("ctr")
@@ -342,6 +359,7 @@ fn end_to_end() -> anyhow::Result<()> {
             "metadata": {"name": "another-addon", "namespace": MANAGED_NS},
             "data": {"owner": "another add-on"}}),
     )?;
+    start_echo(managed)?;
     // What a hosted klusterlet's installer leaves on the hosting cluster:
     // the managed cluster's admin kubeconfig.
     hosting.kubectl_ok(&[
@@ -358,8 +376,6 @@ fn end_to_end() -> anyhow::Result<()> {
     ])?;
 
     println!("== 1. enabling the add-on for c1, hosted by the hosting cluster");
-    // The test clusters have no DNS: the exit relay resolves Services
-    // through the API (nested values: the customized variable "values").
     apply(hub, &deployment_config(&[]))?;
     apply(
         hub,
@@ -377,7 +393,7 @@ fn end_to_end() -> anyhow::Result<()> {
                 .kubectl_ok(&["get", "manifestwork", "-n", "c1", "-o", "name"])
                 .is_ok_and(|o| o.contains("addon-cluster-relay-deploy-0"))
     })
-    .with_context(|| tail("cluster-relay-addon-manager"))?;
+    .with_context(|| manager_log(hub))?;
     hosting.deployments_available(HOSTING_NS, DEADLINE)?;
     managed.deployments_available(MANAGED_NS, DEADLINE)?;
     wait_until_sync("the managed kubeconfig Secret", DEADLINE, || {
@@ -400,28 +416,18 @@ fn end_to_end() -> anyhow::Result<()> {
     );
 
     println!("== 2. kubectl through the apiserver relay, echo through the service relay");
-    let relay = hosting.service_addr(HOSTING_NS, "c1")?;
-    let out = hosting
-        .in_node("kubectl")
-        .arg("--kubeconfig")
-        .arg(managed.kubeconfig_path())
-        .args([
-            "--server",
-            &format!("https://{relay}"),
-            "--tls-server-name",
-            "kubernetes.default.svc",
-            "--request-timeout=20s",
-            "get",
-            "namespace",
-            MANAGED_NS,
-            "-o",
-            "name",
-        ])
-        .output()?;
-    anyhow::ensure!(
-        String::from_utf8_lossy(&out.stdout).trim() == format!("namespace/{MANAGED_NS}"),
-        "kubectl through the relay: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let (relay, out) = kubectl_to_managed(hosting, managed)?;
+    managed.deployments_available("apps", DEADLINE)?;
+    let entry = hosting.service_addr(HOSTING_NS, "cluster-relay-service-relay-entry")?;
+    echo_through_entry(hosting, entry)?;
+    println!(
+        "   kubectl --server https://{relay} get namespace {MANAGED_NS}: {}; the echo pod on c1 answered through http://{entry}, with the caller's own Authorization",
+        out.trim()
+    );
+    let (_, first_hash) = provisioned(hosting)?;
+    let (replaced, requests) = rotations(hosting, relay, entry, first_hash)?;
+    println!(
+        "   the token was replaced {replaced} times; {requests} requests through the relays meanwhile, none failed"
     );
 
     println!("== 3. an AddOnDeploymentConfig change rolls out");
@@ -456,10 +462,44 @@ fn end_to_end() -> anyhow::Result<()> {
     })?;
     hosting.deployments_available(HOSTING_NS, DEADLINE)?;
 
-    // Step 4 (the Lease across work-agent resyncs) is not here yet: a
-    // klusterlet agent restarted as a process finds no valid client
-    // certificate in its hub-kubeconfig directory and waits to bootstrap
-    // again, so restarts cannot stand in for resyncs (see README, Tests).
+    println!("== 4. the provisioner keeps its Lease across work-agent resyncs");
+    let held = wait_for_sync(
+        "a current provisioner pod to hold the Lease",
+        DEADLINE,
+        || leader(hosting),
+    )?;
+    let before = reapplies();
+    let watched = Instant::now();
+    wait_until_sync(
+        &format!("three re-applies of {HOSTING_WORK} (resync every {RESYNC})"),
+        DEADLINE,
+        || reapplies() >= before + 3,
+    )
+    .with_context(|| tail("klusterlet-hosting"))?;
+    let now = lease(hosting)?;
+    for field in ["holderIdentity", "acquireTime", "leaseTransitions"] {
+        anyhow::ensure!(
+            now["spec"][field] == held["spec"][field],
+            "the Lease's {field} changed across the resyncs: {} -> {}\nReplicaSets:\n{}\nwhat the work agent changed:\n{}",
+            held["spec"][field],
+            now["spec"][field],
+            hosting
+                .kubectl_ok(&["get", "replicasets", "-n", HOSTING_NS, "-o", "wide"])
+                .unwrap_or_default(),
+            updates_logged()
+        );
+    }
+    anyhow::ensure!(
+        now["spec"]["renewTime"] != held["spec"]["renewTime"],
+        "the leader stopped renewing: {now:#}"
+    );
+    println!(
+        "   {} re-applies of the hosting work in {:.0} s; the Lease kept its holder, acquireTime and {} transitions, and was renewed",
+        reapplies() - before,
+        watched.elapsed().as_secs_f64(),
+        now["spec"]["leaseTransitions"]
+    );
+
     println!("== 5. deleting the add-on: the pre-delete Job, then nothing of ours");
     hub.kubectl_ok(&[
         "delete",
@@ -493,11 +533,87 @@ fn end_to_end() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How many times the hosting klusterlet's work agent has reconciled the
+/// hosting work, each time applying every object of it: its log line at
+/// the end of every successful reconcile.
+fn reapplies() -> usize {
+    std::fs::read_to_string(log_path("klusterlet-hosting"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("\"Requeue manifestwork\"") && l.contains(HOSTING_WORK))
+        .count()
+}
+
+/// The hosting work agent's log lines for objects it changed.
+fn updates_logged() -> String {
+    std::fs::read_to_string(log_path("klusterlet-hosting"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("\"Updated resource\"") || l.contains("\"Created resource"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn lease(hosting: &Cluster) -> anyhow::Result<Value> {
+    get_json(hosting, &["lease", LEASE, "-n", HOSTING_NS])
+}
+
+/// The provisioner's Lease, once it is held by a provisioner pod that is
+/// not going away and no old pod is left (after step 3's rollout).
+fn leader(hosting: &Cluster) -> anyhow::Result<Value> {
+    let pods = get_json(
+        hosting,
+        &[
+            "pods",
+            "-n",
+            HOSTING_NS,
+            "-l",
+            "app.kubernetes.io/component=provisioner",
+        ],
+    )?;
+    let pods = pods["items"].as_array().context("items")?;
+    if pods
+        .iter()
+        .any(|p| !p["metadata"]["deletionTimestamp"].is_null())
+    {
+        bail!("an old provisioner pod is still terminating");
+    }
+    // Every replica is of the newest ReplicaSet: no old pod could still
+    // hold the Lease and hand it over later.
+    hosting
+        .kubectl_ok(&[
+            "rollout",
+            "status",
+            "-n",
+            HOSTING_NS,
+            "deployment/cluster-relay-provisioner",
+            "--timeout=5s",
+        ])
+        .context("the provisioner's rollout")?;
+    let lease = lease(hosting)?;
+    let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or_default();
+    let current = pods.iter().filter_map(|p| p["metadata"]["name"].as_str());
+    if !current
+        .clone()
+        .any(|name| holder.starts_with(&format!("{name}_")))
+    {
+        bail!(
+            "held by {holder:?}, not by one of {:?}",
+            current.collect::<Vec<_>>()
+        );
+    }
+    Ok(lease)
+}
+
 /// The AddOnDeploymentConfig `c1/cluster-relay` with `variables` besides
 /// the ones every run needs.
 fn deployment_config(variables: &[(&str, &str)]) -> Value {
+    // The shortest token the apiserver issues, replaced 10 s after issue
+    // (step 2 sees it rotate); no DNS on the test clusters: the exit relay
+    // resolves Services through the API. Nested values go in the
+    // customized variable "values", a JSON object.
     let mut vars = vec![json!({"name": "values",
-        "value": r#"{"serviceRelay": {"exit": {"resolution": "endpoints"}}}"#})];
+        "value": r#"{"provisioner": {"tokenExpiration": "10m", "refreshBefore": "9m50s"}, "serviceRelay": {"exit": {"resolution": "endpoints"}}}"#})];
     vars.extend(
         variables
             .iter()

@@ -3,7 +3,9 @@
 //! renewing; a killed leader's lease lapses and the other takes over; a
 //! released lease is taken over; a leader whose Lease is taken by someone
 //! else stands down and leaves the other holder alone while its lease is
-//! fresh; a leader cut off from the apiserver stands down. One shared control
+//! fresh; a leader cut off from the apiserver stands down; a Lease marked
+//! for cleanup retires its candidates, who do not make it again once it is
+//! deleted. One shared control
 //! plane (plus one of its own for the test that kills its apiserver); each
 //! test has its own Lease.
 
@@ -306,6 +308,60 @@ async fn a_leader_whose_lease_is_taken_stands_down_and_leaves_it_alone() {
             "transitions to {to}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_marked_for_cleanup_retires_candidates_for_good() {
+    let client = shared("leader").client().await;
+    let api: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
+    let name = "retired";
+    let candidate = Candidate::start(&client, name, "replica-a");
+    wait_until("the candidate to lead", DEADLINE, || async {
+        candidate.leads()
+    })
+    .await
+    .expect("a lone candidate leads");
+    let config = LeaderConfig {
+        namespace: NAMESPACE.to_owned(),
+        lease_name: name.to_owned(),
+        identity: "cleanup".to_owned(),
+        timings: timings(),
+    };
+    // The mark alone, before anyone seizes the Lease: the leader's next
+    // renewal reads it and it stands down, though it still holds the Lease.
+    cluster_relay::leader::retire_candidates(client.clone(), &config)
+        .await
+        .expect("the Lease can be marked");
+    wait_until("the leader to retire", DEADLINE, || async {
+        !candidate.leads()
+    })
+    .await
+    .expect("the leader stands down");
+    assert_eq!(holder(&api, name).await.as_deref(), Some("replica-a"));
+
+    // The Lease goes (as with its owner, in the add-on's deletion) while
+    // the candidate still runs: it does not make a new one. Paced at the
+    // candidate's retry period, enough for several of its attempts.
+    api.delete(name, &Default::default())
+        .await
+        .expect("the Lease can be deleted");
+    let mut tick = tokio::time::interval(timings().retry_period());
+    for round in 0..12 {
+        tick.tick().await;
+        assert!(
+            api.get_opt(name).await.expect("a read").is_none(),
+            "round {round}: the Lease was made again"
+        );
+        assert!(!candidate.leads(), "round {round}: the candidate leads");
+    }
+    // A candidate that never read the mark would: it takes the missing Lease.
+    let fresh = Candidate::start(&client, name, "replica-b");
+    wait_until("a fresh candidate to lead", DEADLINE, || async {
+        fresh.leads()
+    })
+    .await
+    .expect("a candidate that never saw the mark makes the Lease");
+    assert!(!candidate.leads(), "the retired candidate leads");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The hosted topology on real clusters, for users with a container engine.
-# NOT RUN on the project's machines (no container engine there); CI runs the
-# local-process e2e instead (tests/e2e_local.rs). Needs docker, kind,
-# clusteradm, go and kubectl.
+# NOT RUN on the project's machines (no container engine there); CI runs
+# tests/e2e_ocm.rs (make e2e) instead: the same steps against OCM's
+# controllers and klusterlets run as processes and clusters with a real
+# node. Needs docker, kind, clusteradm, go and kubectl.
 #
 #   e2e/kind/run.sh up       kind clusters hub, hosting and managed; Open Cluster
 #                            Management on hub; hosting joined normally, managed

@@ -92,6 +92,9 @@ impl Drop for Publisher {
     }
 }
 
+/// The holder a retired candidate reports (see [`super::retire_candidates`]).
+const RETIRED_HOLDER: &str = "the cleanup (candidates retired)";
+
 /// The state of one candidate.
 pub(super) struct Elector {
     api: Api<Lease>,
@@ -100,6 +103,9 @@ pub(super) struct Elector {
     publisher: Publisher,
     /// The holder last reported, so that standing by logs once per holder.
     reported_holder: Option<String>,
+    /// The Lease was marked [`super::RETIRED_ANNOTATION`]: this process
+    /// never tries again.
+    retired: bool,
 }
 
 impl Elector {
@@ -121,6 +127,7 @@ impl Elector {
             observation: Observation::default(),
             publisher,
             reported_holder: None,
+            retired: false,
         }
     }
 
@@ -231,6 +238,9 @@ impl Elector {
     }
 
     async fn try_acquire_or_renew(&mut self) -> Result<Attempt, AttemptError> {
+        if self.retired {
+            return Ok(Attempt::HeldBy(RETIRED_HOLDER.to_owned()));
+        }
         let config = &self.config;
         let params = PostParams::default();
         let Some(mut lease) = self
@@ -262,6 +272,16 @@ impl Elector {
                 Err(err) => Err(AttemptError::Create(err)),
             };
         };
+        if lease
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(super::RETIRED_ANNOTATION))
+        {
+            tracing::info!(identity = %config.identity, lease = %self.publisher.lease, "leader election: the Lease is marked for cleanup; this process will not lead again");
+            self.retired = true;
+            return Ok(Attempt::HeldBy(RETIRED_HOLDER.to_owned()));
+        }
         let read = lease.spec.take().unwrap_or_default();
         self.observation.observe(&read, Instant::now());
         if let Some(holder) = self.observation.live_holder_other_than(

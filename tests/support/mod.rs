@@ -24,6 +24,9 @@
 //! - [`scripted_upstream`]: an HTTP/1.1 upstream that records every request
 //!   and answers as a test scripts; [`exit_wire`]: the exit relay driven
 //!   through it with raw bytes
+//! - [`hosted`]: the hosted topology on clusters with a real node, as both
+//!   e2es drive it: the echo Service, clients in the hosting cluster's
+//!   network, the checks through the relays
 //! - [`chart`]: the Helm chart rendered and linted (`hack/chart.py`), its
 //!   objects applied, its containers' flags checked against the binary
 //! - child processes, network namespaces and the per-run directory, cleaned
@@ -47,6 +50,7 @@ mod forward;
 pub mod forwarder;
 pub use bench_support::hook_forge;
 pub mod hook_sink;
+pub mod hosted;
 pub mod http_client;
 mod netns_pod;
 mod pod_objects;
