@@ -22,7 +22,10 @@ enum State {
     DataLf,
     /// At the start of a trailer line (or of the final CRLF).
     TrailerStart,
-    TrailerLine,
+    /// In a trailer field's name, then its value: passed on as they came,
+    /// so held to what a field line may hold (RFC 9112 section 5).
+    TrailerName,
+    TrailerValue,
     TrailerLf,
     EndLf,
     Done,
@@ -135,15 +138,18 @@ impl Chunked {
             DataLf if byte == b'\n' => Size(false),
             DataCr | DataLf => return Err(ChunkError),
             TrailerStart if byte == b'\r' => EndLf,
-            TrailerStart | TrailerLine => {
+            TrailerStart | TrailerName | TrailerValue => {
                 self.line += 1;
                 if self.line > MAX_TRAILERS {
                     return Err(ChunkError);
                 }
-                match byte {
-                    b'\r' => TrailerLf,
-                    b'\n' => return Err(ChunkError),
-                    _ => TrailerLine,
+                match (self.state, byte) {
+                    // No obs-fold, no empty name, no control bytes.
+                    (TrailerStart | TrailerName, _) if is_token(byte) => TrailerName,
+                    (TrailerName, b':') => TrailerValue,
+                    (TrailerValue, b'\r') => TrailerLf,
+                    (TrailerValue, b'\t' | b' '..=b'~' | 0x80..=0xff) => TrailerValue,
+                    _ => return Err(ChunkError),
                 }
             }
             TrailerLf if byte == b'\n' => TrailerStart,
@@ -152,6 +158,11 @@ impl Chunked {
             Done => Done,
         })
     }
+}
+
+/// A byte of a field name (`tchar`, RFC 9110 section 5.6.2).
+fn is_token(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
 
 #[cfg(test)]
@@ -192,7 +203,7 @@ mod tests {
     fn bodies_end_where_they_end() {
         let body = b"5\r\nhello\r\n1;ext=\"x y\"\r\n!\r\n0\r\n\r\nNEXT";
         assert_eq!(scan_all(body), Ok((body.len() - 4, 6)));
-        let with_trailers = b"3\r\nabc\r\n0\r\nX-Sum: 1\r\nX-Other: 2\r\n\r\n";
+        let with_trailers = b"3\r\nabc\r\n0\r\nX-Sum: 1\r\nX-Other:\t2 \xe9\r\nX-Empty:\r\n\r\n";
         assert_eq!(scan_all(with_trailers), Ok((with_trailers.len(), 3)));
         let upper = b"A\r\n0123456789\r\n00\r\n\r\n";
         assert_eq!(scan_all(upper), Ok((upper.len(), 10)));
@@ -220,6 +231,15 @@ mod tests {
             b"11111111111111111\r\n",
             b";ext\r\n",
             b"1;a\x01\r\nx\r\n",
+            // Trailers that are not field lines: hyper refuses them, and
+            // here they would reach the Service as they came.
+            b"0\r\nX-T: a\0b\r\n\r\n",
+            b"0\r\nX-T: a\x7f\r\n\r\n",
+            b"0\r\nnot a field\r\n\r\n",
+            b"0\r\nX-T: a\r\n b\r\n\r\n",
+            b"0\r\n: v\r\n\r\n",
+            b"0\r\nX T: v\r\n\r\n",
+            b"0\r\nX-T: a\rb\r\n\r\n",
         ] {
             assert_eq!(scan_all(bad).map(|_| ()), Err(ChunkError), "{bad:?}");
         }
