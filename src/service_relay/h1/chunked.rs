@@ -12,7 +12,9 @@ const MAX_TRAILERS: usize = 16 * 1024;
 enum State {
     /// In the hex digits of a chunk size; `true` once there is one.
     Size(bool),
-    /// After the size: whitespace and extensions up to CR.
+    /// Whitespace after the size: only more of it, `;` or CR may follow.
+    SizeWs,
+    /// In extensions, up to CR.
     Extension,
     /// Expecting the LF ending a size line.
     SizeLf,
@@ -107,8 +109,21 @@ impl Chunked {
                         self.size = self.size * 16 + digit;
                         Size(true)
                     }
-                    b';' | b' ' | b'\t' if seen => Extension,
+                    b';' if seen => Extension,
+                    b' ' | b'\t' if seen => SizeWs,
                     b'\r' if seen => SizeLf,
+                    _ => return Err(ChunkError),
+                }
+            }
+            SizeWs => {
+                self.line += 1;
+                if self.line > MAX_LINE {
+                    return Err(ChunkError);
+                }
+                match byte {
+                    b' ' | b'\t' => SizeWs,
+                    b';' => Extension,
+                    b'\r' => SizeLf,
                     _ => return Err(ChunkError),
                 }
             }
@@ -201,7 +216,7 @@ mod tests {
 
     #[test]
     fn bodies_end_where_they_end() {
-        let body = b"5\r\nhello\r\n1;ext=\"x y\"\r\n!\r\n0\r\n\r\nNEXT";
+        let body = b"5\r\nhello\r\n1 \t;ext=\"x y\"\r\n!\r\n0 \r\n\r\nNEXT";
         assert_eq!(scan_all(body), Ok((body.len() - 4, 6)));
         let with_trailers = b"3\r\nabc\r\n0\r\nX-Sum: 1\r\nX-Other:\t2 \xe9\r\nX-Empty:\r\n\r\n";
         assert_eq!(scan_all(with_trailers), Ok((with_trailers.len(), 3)));
@@ -231,6 +246,10 @@ mod tests {
             b"11111111111111111\r\n",
             b";ext\r\n",
             b"1;a\x01\r\nx\r\n",
+            // Whitespace after a size is not an extension: "0 1" is not
+            // the last chunk to hyper (nor to a Service that reads "01").
+            b"0 1\r\n\r\n",
+            b"5 x\r\nhello\r\n0\r\n\r\n",
             // Trailers that are not field lines: hyper refuses them, and
             // here they would reach the Service as they came.
             b"0\r\nX-T: a\0b\r\n\r\n",
