@@ -5,8 +5,12 @@
 
 /// Longest chunk-size line (size and extensions) accepted.
 const MAX_LINE: usize = 4096;
-/// Largest trailer section accepted.
-const MAX_TRAILERS: usize = 16 * 1024;
+/// The limits of hyper's decoder, the fallback path's, which a body passed
+/// on as it came must not exceed: bytes of a trailer section (final CRLF
+/// included), trailer fields, and extension bytes in all of a body.
+const MAX_TRAILERS: usize = 16 * 1024 - 1;
+const MAX_TRAILER_FIELDS: usize = 100;
+const MAX_EXTENSIONS: u64 = 16 * 1024 - 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -45,6 +49,10 @@ pub struct Chunked {
     size: u64,
     /// Bytes of the current size line, or of the trailers so far.
     line: usize,
+    /// Trailer fields so far.
+    fields: usize,
+    /// Extension bytes so far, in all chunks.
+    extensions: u64,
     /// Data bytes seen so far.
     pub data: u64,
 }
@@ -55,6 +63,8 @@ impl Default for Chunked {
             state: State::Size(false),
             size: 0,
             line: 0,
+            fields: 0,
+            extensions: 0,
             data: 0,
         }
     }
@@ -129,7 +139,10 @@ impl Chunked {
             }
             Extension => {
                 self.line += 1;
-                if self.line > MAX_LINE {
+                if byte != b'\r' {
+                    self.extensions += 1;
+                }
+                if self.line > MAX_LINE || self.extensions > MAX_EXTENSIONS {
                     return Err(ChunkError);
                 }
                 match byte {
@@ -152,24 +165,29 @@ impl Chunked {
             DataCr if byte == b'\r' => DataLf,
             DataLf if byte == b'\n' => Size(false),
             DataCr | DataLf => return Err(ChunkError),
-            TrailerStart if byte == b'\r' => EndLf,
-            TrailerStart | TrailerName | TrailerValue => {
+            TrailerStart | TrailerName | TrailerValue | TrailerLf | EndLf => {
                 self.line += 1;
                 if self.line > MAX_TRAILERS {
                     return Err(ChunkError);
                 }
                 match (self.state, byte) {
+                    (TrailerStart, b'\r') => EndLf,
                     // No obs-fold, no empty name, no control bytes.
                     (TrailerStart | TrailerName, _) if is_token(byte) => TrailerName,
                     (TrailerName, b':') => TrailerValue,
                     (TrailerValue, b'\r') => TrailerLf,
                     (TrailerValue, b'\t' | b' '..=b'~' | 0x80..=0xff) => TrailerValue,
+                    (TrailerLf, b'\n') => {
+                        self.fields += 1;
+                        if self.fields > MAX_TRAILER_FIELDS {
+                            return Err(ChunkError);
+                        }
+                        TrailerStart
+                    }
+                    (EndLf, b'\n') => Done,
                     _ => return Err(ChunkError),
                 }
             }
-            TrailerLf if byte == b'\n' => TrailerStart,
-            EndLf if byte == b'\n' => Done,
-            TrailerLf | EndLf => return Err(ChunkError),
             Done => Done,
         })
     }
@@ -265,6 +283,46 @@ mod tests {
         let mut long = b"1;".to_vec();
         long.extend(std::iter::repeat_n(b'a', MAX_LINE));
         assert_eq!(Chunked::default().scan(&long), Err(ChunkError));
+    }
+
+    /// Bodies within hyper's limits pass; one byte, field or extension
+    /// more than hyper takes does not.
+    #[test]
+    fn hypers_limits_hold() {
+        let trailers = |fields: usize, bytes: usize| {
+            let mut body = b"0\r\n".to_vec();
+            for i in 0..fields {
+                body.extend(format!("X-{i}: v\r\n").bytes());
+            }
+            let fill = bytes.saturating_sub(body.len() - 3 + 2 + 5);
+            body.extend(format!("X: {}\r\n\r\n", "v".repeat(fill)).bytes());
+            body
+        };
+        assert!(scan_all(&trailers(99, 0)).is_ok());
+        assert_eq!(scan_all(&trailers(100, 0)), Err(ChunkError), "101 fields");
+        // The trailer section, final CRLF included, up to 16 KiB - 1.
+        assert_eq!(trailers(0, MAX_TRAILERS).len() - 3, MAX_TRAILERS);
+        let whole = |body: &[u8]| {
+            let mut c = Chunked::default();
+            c.scan(body).map(|n| (n, c.done()))
+        };
+        let body = trailers(0, MAX_TRAILERS);
+        assert_eq!(whole(&body), Ok((body.len(), true)));
+        assert_eq!(whole(&trailers(0, MAX_TRAILERS + 1)), Err(ChunkError));
+        let extensions = |total: usize| {
+            let mut body = Vec::new();
+            for _ in 0..total / 1000 {
+                body.extend(format!("1;{}\r\nx\r\n", "e".repeat(1000)).bytes());
+            }
+            body.extend(format!("1;{}\r\nx\r\n0\r\n\r\n", "e".repeat(total % 1000)).bytes());
+            body
+        };
+        let body = extensions(MAX_EXTENSIONS as usize);
+        assert_eq!(whole(&body), Ok((body.len(), true)));
+        assert_eq!(
+            whole(&extensions(MAX_EXTENSIONS as usize + 1)),
+            Err(ChunkError)
+        );
     }
 
     #[test]
