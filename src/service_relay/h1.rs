@@ -18,6 +18,8 @@
 mod chunked;
 mod download;
 mod exchange;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod upstream;
 mod wire;
 
