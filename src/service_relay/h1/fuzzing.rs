@@ -30,7 +30,7 @@ pub enum RequestHead {
     /// hyper serves this request and the rest of the connection.
     HandOver,
     /// Served here.
-    Forward(Forwarded),
+    Forward(Box<Forwarded>),
 }
 
 /// A request head the own path forwards.
@@ -77,7 +77,7 @@ pub fn request_head(buf: &[u8], authority: &str) -> RequestHead {
         &mut upstream_head,
     );
     let text = |v: Option<&str>| v.map(str::to_owned);
-    RequestHead::Forward(Forwarded {
+    RequestHead::Forward(Box::new(Forwarded {
         head_len,
         method: request.method.to_owned(),
         path: request.path.to_owned(),
@@ -91,7 +91,7 @@ pub fn request_head(buf: &[u8], authority: &str) -> RequestHead {
         ],
         relay_authorization: request.routing.relay_authorization.map(<[u8]>::to_vec),
         upstream_head,
-    })
+    }))
 }
 
 /// A response head read from a Service, as the own path rewrites it.
