@@ -351,6 +351,7 @@ fn plain_requests_are_the_same_either_way() {
                     "Authorization: Bearer apiserver",
                     "Cluster-Proxy-Authorization: Bearer user",
                     "Cluster-Proxy-Other: forged",
+                    "Cluster-Proxy-: forged",
                 ],
                 b"",
             )],

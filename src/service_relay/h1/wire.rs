@@ -56,7 +56,8 @@ fn is(name: &str, lower: &str) -> bool {
 
 /// The kind of a request header, by name (matched on length first).
 fn kind(name: &str) -> Kind {
-    if name.len() > PREFIX.len() && is(&name[..PREFIX.len()], PREFIX) {
+    // `>=`: the bare prefix is the relay's as much as any longer name.
+    if name.len() >= PREFIX.len() && is(&name[..PREFIX.len()], PREFIX) {
         let rest = &name[PREFIX.len()..];
         return match rest.len() {
             4 if is(rest, "port") => Kind::Port,

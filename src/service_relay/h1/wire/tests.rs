@@ -37,6 +37,19 @@ fn the_relays_headers_go_and_the_callers_authorization_comes_back() {
     );
 }
 
+/// Found by the request_head fuzz target: a header named just
+/// `Cluster-Proxy-` reached the Service (hyper's path drops it).
+#[test]
+fn the_bare_prefix_goes_too() {
+    let head =
+        upstream_head(b"GET / HTTP/1.1\r\nCluster-Proxy-: forged\r\ncluster-proxy-: x\r\n\r\n")
+            .expect("served");
+    assert!(
+        !head.to_ascii_lowercase().contains("cluster-proxy"),
+        "{head}"
+    );
+}
+
 #[test]
 fn routing_headers_are_read() {
     parse_request(
