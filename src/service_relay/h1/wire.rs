@@ -57,7 +57,12 @@ fn is(name: &str, lower: &str) -> bool {
 /// The kind of a request header, by name (matched on length first).
 fn kind(name: &str) -> Kind {
     // `>=`: the bare prefix is the relay's as much as any longer name.
-    if name.len() >= PREFIX.len() && is(&name[..PREFIX.len()], PREFIX) {
+    // Compared as bytes: a name listed in Connection is any UTF-8, and
+    // byte 14 of it need not start a character.
+    let bytes = name.as_bytes();
+    if bytes.len() >= PREFIX.len() && bytes[..PREFIX.len()].eq_ignore_ascii_case(PREFIX.as_bytes())
+    {
+        // After 14 ASCII bytes: a character boundary.
         let rest = &name[PREFIX.len()..];
         return match rest.len() {
             4 if is(rest, "port") => Kind::Port,

@@ -50,6 +50,19 @@ fn the_bare_prefix_goes_too() {
     );
 }
 
+/// Found by the request_head fuzz target: a name listed in Connection
+/// with a multi-byte character across its 14th byte panicked the
+/// connection's task (slicing a str inside a character).
+#[test]
+fn a_listed_name_with_a_character_across_the_prefix_length_is_served() {
+    let head = upstream_head(
+        "GET / HTTP/1.1\r\nConnection: keep-alive-xyў, close\r\nX: 2\r\n\r\n"
+            .as_bytes(),
+    )
+    .expect("served");
+    assert!(head.contains("X: 2\r\n"), "{head}");
+}
+
 #[test]
 fn routing_headers_are_read() {
     parse_request(
