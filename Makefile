@@ -11,7 +11,7 @@
 #   make e2e    the add-on deployed by OCM in hosted mode (tests/e2e_ocm.rs)
 #   make test-oldest  the suites that talk to Kubernetes, against 1.20.2
 #   make fuzz   every cargo-fuzz target in fuzz/ for FUZZ_SECONDS (default 180) each
-#   make fuzz-smoke  every fuzz target for 20 s, under 2 minutes in all (in make test)
+#   make fuzz-smoke  every fuzz target for 15 s, under 2 minutes in all (in make test)
 # hack/install-deps.sh installs system packages and builds kube-apiserver
 # 1.20.2 (the oldest supported); hack/build-kubernetes.sh builds the current
 # release; hack/build-ocm.sh builds Open Cluster Management. They cache

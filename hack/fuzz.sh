@@ -2,7 +2,7 @@
 # Runs every cargo-fuzz target in fuzz/ (the exit relay's own HTTP/1.1
 # path) for a bounded time each.
 #   hack/fuzz.sh [SECONDS]   each target for SECONDS (default: FUZZ_SECONDS, else 180)
-#   hack/fuzz.sh --smoke     each target for 20 s (make test's smoke)
+#   hack/fuzz.sh --smoke     each target for 15 s (make test's smoke)
 # New inputs libFuzzer finds go to fuzz/target/corpus/<target> (not
 # committed); the committed seeds in fuzz/corpus/<target> are only read.
 # A crash leaves its input in fuzz/artifacts/<target>/ and fails the run.
@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [[ ${1:-} == --smoke ]]; then
-	seconds=20
+	seconds=15
 else
 	seconds=${1:-${FUZZ_SECONDS:-180}}
 fi

@@ -12,7 +12,13 @@ fuzz_target!(|body: &[u8]| {
     let whole = fuzzing::chunked(body, &[]);
     let len = body.len();
     let every: Vec<usize> = (1..len).collect();
-    for cuts in [&[1][..], &[len / 2], &[len.saturating_sub(1)], &[1, len / 3, len / 2], &every] {
+    for cuts in [
+        &[1][..],
+        &[len / 2],
+        &[len.saturating_sub(1)],
+        &[1, len / 3, len / 2],
+        &every,
+    ] {
         assert_eq!(fuzzing::chunked(body, cuts), whole, "cut at {cuts:?}");
     }
     let Some((taken, data, done)) = whole else {
@@ -29,7 +35,21 @@ fuzz_target!(|body: &[u8]| {
     let head = request.len();
     request.extend_from_slice(&body[..taken]);
     request.extend_from_slice(b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n");
-    let seen = hyper_request(&request).unwrap_or_else(|| panic!("hyper refused {:?}", String::from_utf8_lossy(&request[head..])));
-    assert_eq!(seen.body.as_ref().map(Vec::len), Ok(data as usize), "{:?}", String::from_utf8_lossy(&request[head..]));
-    assert_eq!(seen.next.as_deref(), Some("/next"), "hyper ends the body elsewhere");
+    let seen = hyper_request(&request).unwrap_or_else(|| {
+        panic!(
+            "hyper refused {:?}",
+            String::from_utf8_lossy(&request[head..])
+        )
+    });
+    assert_eq!(
+        seen.body.as_ref().map(Vec::len),
+        Ok(data as usize),
+        "{:?}",
+        String::from_utf8_lossy(&request[head..])
+    );
+    assert_eq!(
+        seen.next.as_deref(),
+        Some("/next"),
+        "hyper ends the body elsewhere"
+    );
 });

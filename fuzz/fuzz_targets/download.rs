@@ -16,9 +16,17 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (head, close_asked) = (flags & 1 != 0, flags & 2 != 0);
-    let cuts: Vec<usize> = (0..upstream.len()).step_by(usize::from(flags >> 2) + 1).collect();
+    let cuts: Vec<usize> = (0..upstream.len())
+        .step_by(usize::from(flags >> 2) + 1)
+        .collect();
     let (outcome, client) = fuzzing::download(upstream, &cuts, head, close_asked);
-    let Downloaded::Relayed { reusable, close, left, .. } = outcome else {
+    let Downloaded::Relayed {
+        reusable,
+        close,
+        left,
+        ..
+    } = outcome
+    else {
         return;
     };
     // The client reads what it got as interim heads, then one final
@@ -26,7 +34,12 @@ fuzz_target!(|data: &[u8]| {
     let mut at = 0;
     let framing = loop {
         match fuzzing::response_head(&client[at..], head, false) {
-            ResponseHead::Rewritten { head_len, code, framing, .. } => {
+            ResponseHead::Rewritten {
+                head_len,
+                code,
+                framing,
+                ..
+            } => {
                 at += head_len;
                 if !(100..200).contains(&code) {
                     break framing;
@@ -40,13 +53,23 @@ fuzz_target!(|data: &[u8]| {
         Framing::Empty => assert!(body.is_empty(), "a body after a bodiless head"),
         Framing::Length(n) => assert_eq!(body.len() as u64, n),
         Framing::Chunked => {
-            let (taken, _, done) = fuzzing::chunked(body, &[]).expect("chunked as the client reads it");
-            assert!(done && taken == body.len(), "the client's chunked body does not end at its end");
+            let (taken, _, done) =
+                fuzzing::chunked(body, &[]).expect("chunked as the client reads it");
+            assert!(
+                done && taken == body.len(),
+                "the client's chunked body does not end at its end"
+            );
         }
-        Framing::Close => assert!(close, "a close-delimited body on a connection that stays open"),
+        Framing::Close => assert!(
+            close,
+            "a close-delimited body on a connection that stays open"
+        ),
     }
     if reusable {
-        assert_eq!(left, 0, "an upstream connection kept with bytes read past the response");
+        assert_eq!(
+            left, 0,
+            "an upstream connection kept with bytes read past the response"
+        );
         assert_ne!(framing, Framing::Close);
     }
     if close_asked {

@@ -35,7 +35,12 @@ fn check(data: &[u8], head: bool, close: bool) {
             assert_eq!(again_len, client_head.len(), "bytes after the head");
             assert_eq!(again_code, code);
             // The client frames the body as the relay does.
-            assert_eq!(again, framing, "{:?}", String::from_utf8_lossy(&client_head));
+            assert_eq!(
+                again,
+                framing,
+                "{:?}",
+                String::from_utf8_lossy(&client_head)
+            );
         }
         other => panic!(
             "the client's head reads back as {other:?}: {:?}",

@@ -22,7 +22,9 @@ fuzz_target!(|data: &[u8]| {
         (false, n) => Framing::Length(n),
     };
     let limit = (flags & 3 == 3).then_some(number);
-    let cuts: Vec<usize> = (0..client.len()).step_by(usize::from(flags >> 2) + 1).collect();
+    let cuts: Vec<usize> = (0..client.len())
+        .step_by(usize::from(flags >> 2) + 1)
+        .collect();
     let (outcome, upstream) = fuzzing::upload(client, &cuts, framing, limit);
     assert!(client.starts_with(&upstream), "the body changed on its way");
     match outcome {
@@ -31,7 +33,8 @@ fuzz_target!(|data: &[u8]| {
             match framing {
                 Framing::Length(n) => assert_eq!(upstream.len() as u64, n),
                 _ => {
-                    let (taken, data, done) = fuzzing::chunked(&upstream, &[]).expect("sound framing");
+                    let (taken, data, done) =
+                        fuzzing::chunked(&upstream, &[]).expect("sound framing");
                     assert!(done && taken == upstream.len());
                     assert!(limit.is_none_or(|limit| data <= limit));
                 }
