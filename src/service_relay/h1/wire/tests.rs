@@ -56,8 +56,7 @@ fn the_bare_prefix_goes_too() {
 #[test]
 fn a_listed_name_with_a_character_across_the_prefix_length_is_served() {
     let head = upstream_head(
-        "GET / HTTP/1.1\r\nConnection: keep-alive-xyў, close\r\nX: 2\r\n\r\n"
-            .as_bytes(),
+        "GET / HTTP/1.1\r\nConnection: keep-alive-xyў, close\r\nX: 2\r\n\r\n".as_bytes(),
     )
     .expect("served");
     assert!(head.contains("X: 2\r\n"), "{head}");
