@@ -130,7 +130,7 @@ pub struct Request<'h, 'b> {
 }
 
 /// Reads a parsed request head; `None` when hyper should serve it: other
-/// than HTTP/1.1, CONNECT, a target not in origin form, an upgrade, an
+/// than HTTP/1.1, CONNECT, a target not in origin form (or with a fragment), an upgrade, an
 /// `Expect`, or framing that is anything but one plain Content-Length or
 /// `Transfer-Encoding: chunked` alone (hyper answers the odd and the bad
 /// as it always has).
@@ -140,7 +140,9 @@ pub fn request<'h, 'b>(parsed: &'h httparse::Request<'h, 'b>) -> Option<Request<
     }
     let method = parsed.method?;
     let path = parsed.path?;
-    if method == "CONNECT" || !path.starts_with('/') {
+    // A fragment is no part of a request target (RFC 9112 section 3.2);
+    // hyper drops it, and so the Service must never see it.
+    if method == "CONNECT" || !path.starts_with('/') || path.contains('#') {
         return None;
     }
     let headers: &'h [httparse::Header<'b>] = parsed.headers;
