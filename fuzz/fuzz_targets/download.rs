@@ -45,7 +45,13 @@ fuzz_target!(|data: &[u8]| {
                     break framing;
                 }
             }
-            other => panic!("the client cannot read its response: {other:?}"),
+            // The relay adds `Connection: close` to a head at its limit
+            // of 96: more than it reads back, fewer than hyper's 100.
+            ResponseHead::Refused if parses_with_more_headers(&client[at..]) => return,
+            other => panic!(
+                "the client cannot read its response: {other:?}: {:?}",
+                String::from_utf8_lossy(&client)
+            ),
         }
     };
     let body = &client[at..];
@@ -76,3 +82,11 @@ fuzz_target!(|data: &[u8]| {
         assert!(close);
     }
 });
+
+fn parses_with_more_headers(head: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 100];
+    matches!(
+        httparse::Response::new(&mut headers).parse(head),
+        Ok(httparse::Status::Complete(_))
+    )
+}
