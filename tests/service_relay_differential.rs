@@ -625,6 +625,10 @@ fn odd_bytes_in_heads_are_the_same_either_way() {
             vec![raw(b"GET  /two-spaces HTTP/1.1", &[], b"\r\n", b"")],
         ),
         (
+            "a fragment in the target",
+            vec![msg("GET /a#?b=1 HTTP/1.1", &[], b"")],
+        ),
+        (
             "absolute form",
             vec![msg("GET http://elsewhere.example/abs HTTP/1.1", &[], b"")],
         ),
