@@ -142,7 +142,14 @@ pub fn request<'h, 'b>(parsed: &'h httparse::Request<'h, 'b>) -> Option<Request<
     let path = parsed.path?;
     // A fragment is no part of a request target (RFC 9112 section 3.2);
     // hyper drops it, and so the Service must never see it.
-    if method == "CONNECT" || !path.starts_with('/') || path.contains('#') {
+    // Nor a byte `http`'s URI parser refuses (httparse takes `{`, `` ` ``
+    // and more): hyper answers 400 to those, the own path must not pass
+    // them on.
+    if method == "CONNECT"
+        || !path.starts_with('/')
+        || path.contains('#')
+        || http::uri::PathAndQuery::try_from(path).is_err()
+    {
         return None;
     }
     let headers: &'h [httparse::Header<'b>] = parsed.headers;

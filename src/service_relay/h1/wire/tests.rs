@@ -109,6 +109,8 @@ fn the_odd_and_the_bad_go_to_hyper() {
         // Found by the request_hyper fuzz target: the own path passed the
         // fragment on, hyper drops it.
         b"GET /a#?b=1 HTTP/1.1\r\n\r\n",
+        // And a target hyper's URI parser refuses (request_hyper found it).
+        b"GET /{`f HTTP/1.1\r\n\r\n",
         b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
         b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
         b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
