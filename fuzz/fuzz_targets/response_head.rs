@@ -42,6 +42,9 @@ fn check(data: &[u8], head: bool, close: bool) {
                 String::from_utf8_lossy(&client_head)
             );
         }
+        // `Connection: close` added to a head of 96 headers: more than the
+        // reader takes, within hyper's 100.
+        ResponseHead::Refused if parses_with_more_headers(&client_head) => return,
         other => panic!(
             "the client's head reads back as {other:?}: {:?}",
             String::from_utf8_lossy(&client_head)
@@ -51,4 +54,12 @@ fn check(data: &[u8], head: bool, close: bool) {
         let text = String::from_utf8_lossy(&client_head).to_ascii_lowercase();
         assert!(text.contains("\r\nconnection: close\r\n"), "{text:?}");
     }
+}
+
+fn parses_with_more_headers(head: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 100];
+    matches!(
+        httparse::Response::new(&mut headers).parse(head),
+        Ok(httparse::Status::Complete(_))
+    )
 }
