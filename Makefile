@@ -12,6 +12,8 @@
 #               make test runs it too)
 #   make test-oldest  the suites that talk to Kubernetes, against 1.20.2
 #   make deny   cargo deny check bans licenses sources (deny.toml; in make test)
+#   make fuzz   every cargo-fuzz target in fuzz/ for FUZZ_SECONDS (default 180) each
+#   make fuzz-smoke  every fuzz target for 15 s, under 2 minutes in all (in make test)
 # hack/install-deps.sh installs system packages and builds kube-apiserver
 # 1.20.2 (the oldest supported); hack/build-kubernetes.sh builds the current
 # release; hack/build-ocm.sh builds Open Cluster Management (the e2e's hub
@@ -39,7 +41,7 @@ OLDEST_SUITES := apiserver_relay apiserver_relay_tcp provisioner service_relay \
 	service_relay_exit read_cache chart
 
 .PHONY: all deps deps-bench build release fmt-check lint deny go-check sh-check unit test \
-	test-oldest images image order-file addon-manager ocm e2e demo bench clean
+	test-oldest fuzz fuzz-smoke images image order-file addon-manager ocm e2e demo bench clean
 
 all: build
 
@@ -94,9 +96,17 @@ unit:
 # Test binaries run one after another; the tests inside one binary share its
 # control planes (tests/support), so use cargo test rather than nextest.
 # Not --all-targets: that would run the benchmarks (harness = false) as tests.
-test: deps fmt-check lint deny images
+test: deps fmt-check lint deny images fuzz-smoke
 	$(CARGO) test --locked --lib --bins --tests
 	$(MAKE) test-oldest
+
+# The exit relay's own HTTP/1.1 path under cargo-fuzz (fuzz/, its own
+# crate and workspace; nightly, or RUSTC_BOOTSTRAP=1 where there is none).
+fuzz:
+	bash hack/fuzz.sh $(or $(FUZZ_SECONDS),180)
+
+fuzz-smoke:
+	bash hack/fuzz.sh --smoke
 
 # Debian's etcd 3.4 beside kube-apiserver 1.20.2, as in its time.
 test-oldest: deps

@@ -10,6 +10,11 @@ mod exit;
 mod h1;
 mod metrics;
 
+/// The exit relay's own HTTP/1.1 path for the fuzz targets in `fuzz/`.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use self::h1::fuzzing;
+
 // The shared layers, under the names this module's parts use.
 use crate::{
     token_review as caller,

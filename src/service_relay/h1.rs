@@ -18,6 +18,8 @@
 mod chunked;
 mod download;
 mod exchange;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod upstream;
 mod wire;
 
@@ -187,12 +189,13 @@ pub async fn serve<H: Handler>(exit: &Exit, mut connection: Connection<H>) {
     }
 }
 
-/// Whether `buf` holds a whole head: the blank line that ends it (CRLF, or
-/// the bare LF httparse also accepts), found without parsing.
+/// Whether `buf` holds a whole head: the blank line that ends it, found
+/// without parsing. httparse ends a line at CRLF or a bare LF, so a head
+/// ends at LF CRLF or LF LF (CRLF CRLF and CRLF LF among them).
 fn head_ends(buf: &[u8]) -> bool {
     // A request without a body usually ends the buffer.
     buf.ends_with(b"\r\n\r\n")
-        || memchr::memmem::find(buf, b"\r\n\r\n").is_some()
+        || memchr::memmem::find(buf, b"\n\r\n").is_some()
         || memchr::memmem::find(buf, b"\n\n").is_some()
 }
 
@@ -283,4 +286,28 @@ pub(super) async fn answer(
     }
     client.write_all(out).await?;
     client.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::head_ends;
+
+    /// A head httparse reads whole is seen as whole, however its lines
+    /// end; before, one ending LF CRLF waited for the header timeout.
+    #[test]
+    fn a_head_ends_wherever_httparse_ends_it() {
+        for raw in [
+            &b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"[..],
+            b"GET / HTTP/1.1\nHost: h\n\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\n\n",
+            b"GET / HTTP/1.1\r\nHost: h\n\r\n",
+            b"GET / HTTP/1.1\n\r\n",
+        ] {
+            let mut headers = [httparse::EMPTY_HEADER; 4];
+            let parsed = httparse::Request::new(&mut headers).parse(raw);
+            assert!(matches!(parsed, Ok(httparse::Status::Complete(n)) if n == raw.len()));
+            assert!(head_ends(raw), "{:?}", String::from_utf8_lossy(raw));
+        }
+        assert!(!head_ends(b"GET / HTTP/1.1\r\nHost: h\r\n"));
+    }
 }

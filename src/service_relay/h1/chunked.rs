@@ -5,14 +5,20 @@
 
 /// Longest chunk-size line (size and extensions) accepted.
 const MAX_LINE: usize = 4096;
-/// Largest trailer section accepted.
-const MAX_TRAILERS: usize = 16 * 1024;
+/// The limits of hyper's decoder, the fallback path's, which a body passed
+/// on as it came must not exceed: bytes of a trailer section (final CRLF
+/// included), trailer fields, and extension bytes in all of a body.
+const MAX_TRAILERS: usize = 16 * 1024 - 1;
+const MAX_TRAILER_FIELDS: usize = 100;
+const MAX_EXTENSIONS: u64 = 16 * 1024 - 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// In the hex digits of a chunk size; `true` once there is one.
     Size(bool),
-    /// After the size: whitespace and extensions up to CR.
+    /// Whitespace after the size: only more of it, `;` or CR may follow.
+    SizeWs,
+    /// In extensions, up to CR.
     Extension,
     /// Expecting the LF ending a size line.
     SizeLf,
@@ -22,7 +28,10 @@ enum State {
     DataLf,
     /// At the start of a trailer line (or of the final CRLF).
     TrailerStart,
-    TrailerLine,
+    /// In a trailer field's name, then its value: passed on as they came,
+    /// so held to what a field line may hold (RFC 9112 section 5).
+    TrailerName,
+    TrailerValue,
     TrailerLf,
     EndLf,
     Done,
@@ -40,6 +49,10 @@ pub struct Chunked {
     size: u64,
     /// Bytes of the current size line, or of the trailers so far.
     line: usize,
+    /// Trailer fields so far.
+    fields: usize,
+    /// Extension bytes so far, in all chunks.
+    extensions: u64,
     /// Data bytes seen so far.
     pub data: u64,
 }
@@ -50,6 +63,8 @@ impl Default for Chunked {
             state: State::Size(false),
             size: 0,
             line: 0,
+            fields: 0,
+            extensions: 0,
             data: 0,
         }
     }
@@ -104,14 +119,30 @@ impl Chunked {
                         self.size = self.size * 16 + digit;
                         Size(true)
                     }
-                    b';' | b' ' | b'\t' if seen => Extension,
+                    b';' if seen => Extension,
+                    b' ' | b'\t' if seen => SizeWs,
                     b'\r' if seen => SizeLf,
+                    _ => return Err(ChunkError),
+                }
+            }
+            SizeWs => {
+                self.line += 1;
+                if self.line > MAX_LINE {
+                    return Err(ChunkError);
+                }
+                match byte {
+                    b' ' | b'\t' => SizeWs,
+                    b';' => Extension,
+                    b'\r' => SizeLf,
                     _ => return Err(ChunkError),
                 }
             }
             Extension => {
                 self.line += 1;
-                if self.line > MAX_LINE {
+                if byte != b'\r' {
+                    self.extensions += 1;
+                }
+                if self.line > MAX_LINE || self.extensions > MAX_EXTENSIONS {
                     return Err(ChunkError);
                 }
                 match byte {
@@ -134,24 +165,37 @@ impl Chunked {
             DataCr if byte == b'\r' => DataLf,
             DataLf if byte == b'\n' => Size(false),
             DataCr | DataLf => return Err(ChunkError),
-            TrailerStart if byte == b'\r' => EndLf,
-            TrailerStart | TrailerLine => {
+            TrailerStart | TrailerName | TrailerValue | TrailerLf | EndLf => {
                 self.line += 1;
                 if self.line > MAX_TRAILERS {
                     return Err(ChunkError);
                 }
-                match byte {
-                    b'\r' => TrailerLf,
-                    b'\n' => return Err(ChunkError),
-                    _ => TrailerLine,
+                match (self.state, byte) {
+                    (TrailerStart, b'\r') => EndLf,
+                    // No obs-fold, no empty name, no control bytes.
+                    (TrailerStart | TrailerName, _) if is_token(byte) => TrailerName,
+                    (TrailerName, b':') => TrailerValue,
+                    (TrailerValue, b'\r') => TrailerLf,
+                    (TrailerValue, b'\t' | b' '..=b'~' | 0x80..=0xff) => TrailerValue,
+                    (TrailerLf, b'\n') => {
+                        self.fields += 1;
+                        if self.fields > MAX_TRAILER_FIELDS {
+                            return Err(ChunkError);
+                        }
+                        TrailerStart
+                    }
+                    (EndLf, b'\n') => Done,
+                    _ => return Err(ChunkError),
                 }
             }
-            TrailerLf if byte == b'\n' => TrailerStart,
-            EndLf if byte == b'\n' => Done,
-            TrailerLf | EndLf => return Err(ChunkError),
             Done => Done,
         })
     }
+}
+
+/// A byte of a field name (`tchar`, RFC 9110 section 5.6.2).
+fn is_token(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
 
 #[cfg(test)]
@@ -190,9 +234,9 @@ mod tests {
 
     #[test]
     fn bodies_end_where_they_end() {
-        let body = b"5\r\nhello\r\n1;ext=\"x y\"\r\n!\r\n0\r\n\r\nNEXT";
+        let body = b"5\r\nhello\r\n1 \t;ext=\"x y\"\r\n!\r\n0 \r\n\r\nNEXT";
         assert_eq!(scan_all(body), Ok((body.len() - 4, 6)));
-        let with_trailers = b"3\r\nabc\r\n0\r\nX-Sum: 1\r\nX-Other: 2\r\n\r\n";
+        let with_trailers = b"3\r\nabc\r\n0\r\nX-Sum: 1\r\nX-Other:\t2 \xe9\r\nX-Empty:\r\n\r\n";
         assert_eq!(scan_all(with_trailers), Ok((with_trailers.len(), 3)));
         let upper = b"A\r\n0123456789\r\n00\r\n\r\n";
         assert_eq!(scan_all(upper), Ok((upper.len(), 10)));
@@ -220,12 +264,65 @@ mod tests {
             b"11111111111111111\r\n",
             b";ext\r\n",
             b"1;a\x01\r\nx\r\n",
+            // Whitespace after a size is not an extension: "0 1" is not
+            // the last chunk to hyper (nor to a Service that reads "01").
+            b"0 1\r\n\r\n",
+            b"5 x\r\nhello\r\n0\r\n\r\n",
+            // Trailers that are not field lines: hyper refuses them, and
+            // here they would reach the Service as they came.
+            b"0\r\nX-T: a\0b\r\n\r\n",
+            b"0\r\nX-T: a\x7f\r\n\r\n",
+            b"0\r\nnot a field\r\n\r\n",
+            b"0\r\nX-T: a\r\n b\r\n\r\n",
+            b"0\r\n: v\r\n\r\n",
+            b"0\r\nX T: v\r\n\r\n",
+            b"0\r\nX-T: a\rb\r\n\r\n",
         ] {
             assert_eq!(scan_all(bad).map(|_| ()), Err(ChunkError), "{bad:?}");
         }
         let mut long = b"1;".to_vec();
         long.extend(std::iter::repeat_n(b'a', MAX_LINE));
         assert_eq!(Chunked::default().scan(&long), Err(ChunkError));
+    }
+
+    /// Bodies within hyper's limits pass; one byte, field or extension
+    /// more than hyper takes does not.
+    #[test]
+    fn hypers_limits_hold() {
+        let trailers = |fields: usize, bytes: usize| {
+            let mut body = b"0\r\n".to_vec();
+            for i in 0..fields {
+                body.extend(format!("X-{i}: v\r\n").bytes());
+            }
+            let fill = bytes.saturating_sub(body.len() - 3 + 2 + 5);
+            body.extend(format!("X: {}\r\n\r\n", "v".repeat(fill)).bytes());
+            body
+        };
+        assert!(scan_all(&trailers(99, 0)).is_ok());
+        assert_eq!(scan_all(&trailers(100, 0)), Err(ChunkError), "101 fields");
+        // The trailer section, final CRLF included, up to 16 KiB - 1.
+        assert_eq!(trailers(0, MAX_TRAILERS).len() - 3, MAX_TRAILERS);
+        let whole = |body: &[u8]| {
+            let mut c = Chunked::default();
+            c.scan(body).map(|n| (n, c.done()))
+        };
+        let body = trailers(0, MAX_TRAILERS);
+        assert_eq!(whole(&body), Ok((body.len(), true)));
+        assert_eq!(whole(&trailers(0, MAX_TRAILERS + 1)), Err(ChunkError));
+        let extensions = |total: usize| {
+            let mut body = Vec::new();
+            for _ in 0..total / 1000 {
+                body.extend(format!("1;{}\r\nx\r\n", "e".repeat(1000)).bytes());
+            }
+            body.extend(format!("1;{}\r\nx\r\n0\r\n\r\n", "e".repeat(total % 1000)).bytes());
+            body
+        };
+        let body = extensions(MAX_EXTENSIONS as usize);
+        assert_eq!(whole(&body), Ok((body.len(), true)));
+        assert_eq!(
+            whole(&extensions(MAX_EXTENSIONS as usize + 1)),
+            Err(ChunkError)
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub(super) struct Relayed {
 }
 
 /// Why a request body could not be relayed.
-enum UploadError {
+pub(super) enum UploadError {
     /// Past `--max-request-body-bytes`.
     TooLarge,
     /// Bad chunked framing from the client.
@@ -292,7 +292,7 @@ pub(super) async fn write_flush<W: AsyncWrite + Unpin>(
 
 /// Relays a request body of `framing` from the client (what is buffered
 /// first) to the upstream, as it came.
-async fn upload<R, W>(
+pub(super) async fn upload<R, W>(
     client: &mut R,
     cbuf: &mut BytesMut,
     upstream: &mut W,

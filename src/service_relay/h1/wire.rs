@@ -56,7 +56,13 @@ fn is(name: &str, lower: &str) -> bool {
 
 /// The kind of a request header, by name (matched on length first).
 fn kind(name: &str) -> Kind {
-    if name.len() > PREFIX.len() && is(&name[..PREFIX.len()], PREFIX) {
+    // `>=`: the bare prefix is the relay's as much as any longer name.
+    // Compared as bytes: a name listed in Connection is any UTF-8, and
+    // byte 14 of it need not start a character.
+    let bytes = name.as_bytes();
+    if bytes.len() >= PREFIX.len() && bytes[..PREFIX.len()].eq_ignore_ascii_case(PREFIX.as_bytes())
+    {
+        // After 14 ASCII bytes: a character boundary.
         let rest = &name[PREFIX.len()..];
         return match rest.len() {
             4 if is(rest, "port") => Kind::Port,
@@ -124,7 +130,7 @@ pub struct Request<'h, 'b> {
 }
 
 /// Reads a parsed request head; `None` when hyper should serve it: other
-/// than HTTP/1.1, CONNECT, a target not in origin form, an upgrade, an
+/// than HTTP/1.1, CONNECT, a target not in origin form (or with a fragment), an upgrade, an
 /// `Expect`, or framing that is anything but one plain Content-Length or
 /// `Transfer-Encoding: chunked` alone (hyper answers the odd and the bad
 /// as it always has).
@@ -134,7 +140,16 @@ pub fn request<'h, 'b>(parsed: &'h httparse::Request<'h, 'b>) -> Option<Request<
     }
     let method = parsed.method?;
     let path = parsed.path?;
-    if method == "CONNECT" || !path.starts_with('/') {
+    // A fragment is no part of a request target (RFC 9112 section 3.2);
+    // hyper drops it, and so the Service must never see it.
+    // Nor a byte `http`'s URI parser refuses (httparse takes `{`, `` ` ``
+    // and more): hyper answers 400 to those, the own path must not pass
+    // them on.
+    if method == "CONNECT"
+        || !path.starts_with('/')
+        || path.contains('#')
+        || http::uri::PathAndQuery::try_from(path).is_err()
+    {
         return None;
     }
     let headers: &'h [httparse::Header<'b>] = parsed.headers;

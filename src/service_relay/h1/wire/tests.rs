@@ -37,6 +37,31 @@ fn the_relays_headers_go_and_the_callers_authorization_comes_back() {
     );
 }
 
+/// Found by the request_head fuzz target: a header named just
+/// `Cluster-Proxy-` reached the Service (hyper's path drops it).
+#[test]
+fn the_bare_prefix_goes_too() {
+    let head =
+        upstream_head(b"GET / HTTP/1.1\r\nCluster-Proxy-: forged\r\ncluster-proxy-: x\r\n\r\n")
+            .expect("served");
+    assert!(
+        !head.to_ascii_lowercase().contains("cluster-proxy"),
+        "{head}"
+    );
+}
+
+/// Found by the request_head fuzz target: a name listed in Connection
+/// with a multi-byte character across its 14th byte panicked the
+/// connection's task (slicing a str inside a character).
+#[test]
+fn a_listed_name_with_a_character_across_the_prefix_length_is_served() {
+    let head = upstream_head(
+        "GET / HTTP/1.1\r\nConnection: keep-alive-xyў, close\r\nX: 2\r\n\r\n".as_bytes(),
+    )
+    .expect("served");
+    assert!(head.contains("X: 2\r\n"), "{head}");
+}
+
 #[test]
 fn routing_headers_are_read() {
     parse_request(
@@ -81,6 +106,11 @@ fn the_odd_and_the_bad_go_to_hyper() {
         &b"GET / HTTP/1.0\r\n\r\n"[..],
         b"CONNECT h:443 HTTP/1.1\r\n\r\n",
         b"GET http://h/ HTTP/1.1\r\n\r\n",
+        // Found by the request_hyper fuzz target: the own path passed the
+        // fragment on, hyper drops it.
+        b"GET /a#?b=1 HTTP/1.1\r\n\r\n",
+        // And a target hyper's URI parser refuses (request_hyper found it).
+        b"GET /{`f HTTP/1.1\r\n\r\n",
         b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
         b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
         b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
