@@ -13,7 +13,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use bench_support::{controlplane::ControlPlane, procs};
+use bench_support::{
+    controlplane::{ControlPlane, requests_total},
+    procs,
+};
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
@@ -157,19 +160,10 @@ impl Cluster {
         if answer.status != http::StatusCode::OK {
             bail!("the apiserver's /metrics answered {}", answer.status);
         }
-        let text = String::from_utf8_lossy(&answer.body);
-        let mut total = 0.0;
-        for line in text.lines() {
-            if line.starts_with("apiserver_request_total{")
-                && line.contains("resource=\"selfsubjectaccessreviews\"")
-                && let Some(value) = line.rsplit(' ').next()
-            {
-                total += value
-                    .parse::<f64>()
-                    .with_context(|| format!("apiserver_request_total value {value:?}"))?;
-            }
-        }
-        Ok(total as u64)
+        requests_total(
+            &String::from_utf8_lossy(&answer.body),
+            "selfsubjectaccessreviews",
+        )
     }
 }
 

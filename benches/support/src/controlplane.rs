@@ -107,19 +107,7 @@ impl ControlPlane {
     /// `apiserver_request_total` counter.
     pub fn token_reviews(&self) -> anyhow::Result<u64> {
         let out = self.kubectl(&["get", "--raw", "/metrics"])?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut total = 0.0;
-        for line in text.lines() {
-            if line.starts_with("apiserver_request_total{")
-                && line.contains("resource=\"tokenreviews\"")
-                && let Some(value) = line.rsplit(' ').next()
-            {
-                total += value
-                    .parse::<f64>()
-                    .with_context(|| format!("apiserver_request_total value {value:?}"))?;
-            }
-        }
-        Ok(total as u64)
+        requests_total(&String::from_utf8_lossy(&out.stdout), "tokenreviews")
     }
 
     fn kubectl(&self, args: &[&str]) -> anyhow::Result<Output> {
@@ -185,4 +173,22 @@ fn checked(mut command: Command, what: &str) -> anyhow::Result<Output> {
 fn path_str(path: &Path) -> anyhow::Result<&str> {
     path.to_str()
         .with_context(|| format!("{} is not UTF-8", path.display()))
+}
+
+/// The requests an apiserver has answered for `resource` since it started:
+/// the sum of its `apiserver_request_total` samples in /metrics text.
+pub fn requests_total(metrics: &str, resource: &str) -> anyhow::Result<u64> {
+    let label = format!("resource=\"{resource}\"");
+    let mut total = 0.0;
+    for line in metrics.lines() {
+        if line.starts_with("apiserver_request_total{")
+            && line.contains(&label)
+            && let Some(value) = line.rsplit(' ').next()
+        {
+            total += value
+                .parse::<f64>()
+                .with_context(|| format!("apiserver_request_total value {value:?}"))?;
+        }
+    }
+    Ok(total as u64)
 }

@@ -204,6 +204,15 @@ pub fn get(
     path: &str,
     headers: &[(String, String)],
 ) -> anyhow::Result<(u16, Vec<u8>)> {
+    get_with_head(addr, path, headers).map(|(status, _, body)| (status, body))
+}
+
+/// [`get`], also with the response head as text (without its blank line).
+pub fn get_with_head(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(String, String)],
+) -> anyhow::Result<(u16, String, Vec<u8>)> {
     let timeout = Duration::from_secs(5);
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
@@ -220,11 +229,11 @@ pub fn get(
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .context("HTTP response without a blank line")?;
-    let head = String::from_utf8_lossy(&response[..split]);
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())
         .context("HTTP response without a status")?;
-    Ok((status, response[split + 4..].to_vec()))
+    Ok((status, head, response[split + 4..].to_vec()))
 }
