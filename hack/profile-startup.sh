@@ -15,7 +15,8 @@
 #
 # BINARY: the image's binary (target/x86_64-unknown-linux-musl/release/agent).
 # Runs each hosting-side role under valgrind's callgrind against a local
-# control plane (hack/controlplane.sh), waits until it is ready, sends it a
+# control plane (hack/controlplane.sh), configured as in a pod (in-cluster
+# configuration, JSON logs), waits until it is ready, sends it a
 # request, stops it with SIGINT and maps the instructions it ran to
 # functions. Code changed after the file was made is only placed less
 # tightly (build-image.sh says how many names it still finds); the binary is
@@ -50,15 +51,35 @@ k -n c1 create secret generic external-managed-kubeconfig --from-file=kubeconfig
 k create clusterrole profile-reader --verb=get,list,watch --resource=pods >/dev/null
 k create clusterrolebinding profile-reader --clusterrole=profile-reader --serviceaccount=default:default >/dev/null
 token=$(k create token default -n default --duration 1h)
+# The roles run as in a pod, so the code they run is a pod's: in-cluster
+# configuration (a ServiceAccount token, the CA and the namespace in
+# /var/run/secrets/kubernetes.io/serviceaccount of a mount namespace of
+# their own, KUBERNETES_SERVICE_HOST/PORT, no kubeconfig) and the chart's
+# JSON logs.
+k -n c1 create serviceaccount profile >/dev/null
+k create clusterrolebinding profile-admin --clusterrole=cluster-admin --serviceaccount=c1:profile >/dev/null
+mkdir -p "$work/sa" "$work/home"
+k -n c1 create token profile --duration 1h >"$work/sa/token"
+cp "$DIR/ca.crt" "$work/sa/ca.crt"
+printf c1 >"$work/sa/namespace"
 
 # run ROLE ADMIN_PORT ARGS...: the role under callgrind until ready; prints
 # nothing, leaves $work/cg.ROLE.
 start_role() {
   local role=$1 port=$2
   shift 2
-  valgrind --tool=callgrind --dump-instr=yes --compress-pos=no --compress-strings=no \
+  # unshare execs sh, which execs valgrind: $! is valgrind's pid.
+  # shellcheck disable=SC2016 # $0 and $@ are the inner shell's
+  env -u KUBECONFIG HOME="$work/home" \
+    KUBERNETES_SERVICE_HOST=127.0.0.1 KUBERNETES_SERVICE_PORT="$APISERVER_PORT" \
+    unshare --mount --propagation private -- sh -c '
+      mount -t tmpfs -o mode=0755 tmpfs /run &&
+        mkdir -p /run/secrets/kubernetes.io &&
+        cp -r "$0" /run/secrets/kubernetes.io/serviceaccount &&
+        exec "$@"' "$work/sa" \
+    valgrind --tool=callgrind --dump-instr=yes --compress-pos=no --compress-strings=no \
     --callgrind-out-file="$work/cg.$role" \
-    "$bin" "$@" --kubeconfig "$KUBECONFIG" --admin-addr "127.0.0.1:$port" \
+    "$bin" "$@" --log-format json --admin-addr "127.0.0.1:$port" \
     >"$work/$role.log" 2>&1 &
   echo $! >"$work/$role.pid"
   local deadline=$((SECONDS + 180))
