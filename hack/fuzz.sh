@@ -3,6 +3,8 @@
 # path) for a bounded time each.
 #   hack/fuzz.sh [SECONDS]   each target for SECONDS (default: FUZZ_SECONDS, else 180)
 #   hack/fuzz.sh --smoke     each target for 15 s (make test's smoke)
+# FUZZ_NIGHTLY=no builds with the default toolchain and RUSTC_BOOTSTRAP=1
+# even where rustup has a nightly (what a machine without one does).
 # New inputs libFuzzer finds go to fuzz/target/corpus/<target> (not
 # committed); the committed seeds in fuzz/corpus/<target> are only read.
 # A crash leaves its input in fuzz/artifacts/<target>/ and fails the run.
@@ -20,9 +22,9 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 	cargo install --locked cargo-fuzz
 fi
 # cargo-fuzz passes -Z flags to rustc: a nightly toolchain when rustup has
-# one, else the stable one with RUSTC_BOOTSTRAP=1.
+# one (unless FUZZ_NIGHTLY=no), else the default one with RUSTC_BOOTSTRAP=1.
 toolchain=()
-if rustup run nightly rustc --version >/dev/null 2>&1; then
+if [[ ${FUZZ_NIGHTLY:-} != no ]] && rustup run nightly rustc --version >/dev/null 2>&1; then
 	toolchain=(+nightly)
 else
 	export RUSTC_BOOTSTRAP=1
