@@ -87,7 +87,6 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some(idle::HOLD_SERVER_ARG) {
         return idle::hold_server_main();
     }
-    let full = args.iter().any(|arg| arg == "--bench");
     // Like libtest's filters (`cargo bench --bench apiserver_relay --
     // latency`): a section runs if its name contains one of them, and
     // filters that match nothing run nothing, so `cargo test -- foo` passes.
@@ -95,26 +94,15 @@ fn main() -> ExitCode {
         .into_iter()
         .filter(|arg| !arg.starts_with('-'))
         .collect();
-    match run(full, &only) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("apiserver_relay bench: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    procs::bench_main("apiserver_relay", |full| run(full, &only))
 }
 
 fn run(full: bool, only: &[String]) -> anyhow::Result<()> {
     let started = Instant::now();
-    procs::handle_interrupts();
     let fd_limit = procs::raise_nofile()?;
     let cpus = Cpus::from_env()?;
     let tools = Tools::find();
-    procs::sweep_dead_runs(DIR_PREFIX);
-    // Dropped last of the locals, after every process writing into it.
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
-        .tempdir()?;
+    let dir = procs::work_dir(DIR_PREFIX)?;
     let (throughput_params, latency_params, idle_params) = if full {
         (
             throughput::Params {
@@ -145,11 +133,7 @@ fn run(full: bool, only: &[String]) -> anyhow::Result<()> {
 
     println!(
         "# agent apiserver-relay vs direct loopback, haproxy and socat ({})",
-        if full {
-            "full run"
-        } else {
-            "smoke run: pass --bench for real figures"
-        }
+        procs::run_kind(full)
     );
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!(

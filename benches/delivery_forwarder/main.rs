@@ -46,14 +46,7 @@ const TOKEN: &str = "ghp_bench";
 const POLL: Duration = Duration::from_millis(250);
 
 fn main() -> ExitCode {
-    let full = std::env::args().skip(1).any(|arg| arg == "--bench");
-    match run(full) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("delivery_forwarder bench: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    procs::bench_main("delivery_forwarder", run)
 }
 
 /// A receiver that counts what it is sent.
@@ -115,21 +108,13 @@ struct Spent {
 }
 
 fn run(full: bool) -> anyhow::Result<()> {
-    procs::handle_interrupts();
     let seconds = if full { 30 } else { 3 };
     println!(
         "# agent delivery-forwarder vs a naive poller: rate-limit cost per delivery, polling every {} ms ({})",
         POLL.as_millis(),
-        if full {
-            "full run"
-        } else {
-            "smoke run: pass --bench for real figures"
-        }
+        procs::run_kind(full)
     );
-    procs::sweep_dead_runs(DIR_PREFIX);
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
-        .tempdir()?;
+    let dir = procs::work_dir(DIR_PREFIX)?;
     std::fs::write(dir.path().join("token"), TOKEN)?;
     std::fs::write(dir.path().join("secret"), "bench-secret")?;
     // The children are spawned from this (the main) thread: see procs.

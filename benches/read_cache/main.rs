@@ -35,7 +35,6 @@ use bench_support::{
     procs,
     report::{self, Table},
     servers::{self, Document},
-    wrk,
 };
 
 const DIR_PREFIX: &str = "read-cache-bench-";
@@ -49,69 +48,21 @@ const CACHE_ONE: &str = "read-cache (1 worker)";
 const CACHE: &str = "read-cache";
 
 fn main() -> ExitCode {
-    let full = std::env::args().skip(1).any(|arg| arg == "--bench");
-    match run(full) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("read_cache bench: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    procs::bench_main("read_cache", run)
 }
 
 fn run(full: bool) -> anyhow::Result<()> {
     let started = Instant::now();
-    procs::handle_interrupts();
     procs::raise_nofile()?;
-    let (settings, rounds, warmup_seconds) = if full {
-        (
-            wrk::Settings {
-                threads: 1,
-                connections: 32,
-                seconds: 5,
-                timeout_seconds: 5,
-            },
-            3,
-            1,
-        )
-    } else {
-        (
-            wrk::Settings {
-                threads: 1,
-                connections: 8,
-                seconds: 1,
-                timeout_seconds: 5,
-            },
-            1,
-            0,
-        )
-    };
-    let params = measure::Params {
-        settings,
-        rounds,
-        warmup_seconds,
-    };
+    let params = measure::Params::wrk(full, 3);
     println!(
         "# agent read-cache --profile etag vs nginx proxy_cache: hits of a 1 KiB GitHub-like answer ({})",
-        if full {
-            "full run"
-        } else {
-            "smoke run: pass --bench for real figures"
-        }
+        procs::run_kind(full)
     );
-    let (Some(wrk_binary), Some(nginx)) = (wrk::find(), servers::find_nginx()) else {
-        let missing = "wrk and nginx are needed (hack/install-deps.sh --bench)";
-        if full {
-            bail!("{missing}");
-        }
-        println!("  {missing}; skipped");
+    let Some((wrk_binary, nginx)) = servers::wrk_and_nginx(full)? else {
         return Ok(());
     };
-    procs::sweep_dead_runs(DIR_PREFIX);
-    // Dropped last of the locals, after every process writing into it.
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
-        .tempdir()?;
+    let dir = procs::work_dir(DIR_PREFIX)?;
     println!(
         "  {} cores; load average at the start: {}",
         procs::cpus(),

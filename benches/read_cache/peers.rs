@@ -9,7 +9,7 @@
 
 use std::{net::SocketAddr, os::unix::fs::PermissionsExt as _, path::Path, time::Duration};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use bench_support::{
     procs::{self, Proc},
     servers::{self, Document, Server},
@@ -107,36 +107,12 @@ pub fn read_cache(
         None,
         Some(&log),
     )?;
-    let (addr, admin) = addrs(&mut proc, &log)?;
+    let (addr, admin) = procs::agent_listener_addrs(&mut proc, &log, "cache", START_TIMEOUT)?;
     procs::wait_for("the cache's /readyz", START_TIMEOUT, || {
         proc.ensure_running()?;
         Ok(head(admin, "/readyz", &[]).is_ok_and(|(status, _)| status == 200))
     })?;
     Ok(Server { addr, proc })
-}
-
-/// The addresses the agent logged for its `cache` and `admin` listeners.
-fn addrs(proc: &mut Proc, log: &Path) -> anyhow::Result<(SocketAddr, SocketAddr)> {
-    let (mut cache, mut admin) = (None, None);
-    procs::wait_for("the agent's listening lines", START_TIMEOUT, || {
-        proc.ensure_running()?;
-        for line in std::fs::read_to_string(log)?.lines() {
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            if event["message"] != "listening" {
-                continue;
-            }
-            let bound = event["addr"].as_str().and_then(|a| a.parse().ok());
-            match event["listener"].as_str() {
-                Some("cache") => cache = bound,
-                Some("admin") => admin = bound,
-                _ => {}
-            }
-        }
-        Ok(cache.is_some() && admin.is_some())
-    })?;
-    Ok((cache.context("waited for")?, admin.context("waited for")?))
 }
 
 /// Fails unless a GET of `path` with `headers` is answered with a response

@@ -51,37 +51,12 @@ pub fn start(dir: &Path, tag: &str, kubeconfig: &Path, extra: &[&str]) -> anyhow
         None,
         Some(&log),
     )?;
-    let (addr, admin) = addrs(&mut proc, &log)?;
+    let (addr, admin) = procs::agent_listener_addrs(&mut proc, &log, "cache", START_TIMEOUT)?;
     procs::wait_for("the cache's /readyz", START_TIMEOUT, || {
         proc.ensure_running()?;
         Ok(admin_get(admin, "/readyz").is_ok_and(|(status, _)| status == 200))
     })?;
     Ok(Cache { addr, admin, proc })
-}
-
-/// The addresses of the `cache` and `admin` listeners, from the agent's
-/// `listening` log lines (both bind port 0).
-fn addrs(proc: &mut Proc, log: &Path) -> anyhow::Result<(SocketAddr, SocketAddr)> {
-    let (mut cache, mut admin) = (None, None);
-    procs::wait_for("the cache's listening lines", START_TIMEOUT, || {
-        proc.ensure_running()?;
-        for line in std::fs::read_to_string(log)?.lines() {
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            if event["message"] != "listening" {
-                continue;
-            }
-            let bound = event["addr"].as_str().and_then(|a| a.parse().ok());
-            match event["listener"].as_str() {
-                Some("cache") => cache = bound,
-                Some("admin") => admin = bound,
-                _ => {}
-            }
-        }
-        Ok(cache.is_some() && admin.is_some())
-    })?;
-    cache.zip(admin).context("both listeners were waited for")
 }
 
 impl Cache {

@@ -58,19 +58,11 @@ const WRK_TIMEOUT_SECONDS: u32 = 10;
 const DIR_PREFIX: &str = "read-cache-kubernetes-bench-";
 
 fn main() -> ExitCode {
-    let full = std::env::args().skip(1).any(|arg| arg == "--bench");
-    match run(full) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("read_cache_kubernetes bench: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    procs::bench_main("read_cache_kubernetes", run)
 }
 
 fn run(full: bool) -> anyhow::Result<()> {
     let started = Instant::now();
-    procs::handle_interrupts();
     procs::raise_nofile()?;
     let params = if full {
         measure::Params {
@@ -106,11 +98,7 @@ fn run(full: bool) -> anyhow::Result<()> {
     println!(
         "# LIST of {} ConfigMaps: agent read-cache --profile kubernetes vs the kube-apiserver ({})",
         params.objects,
-        if full {
-            "full run"
-        } else {
-            "smoke run: pass --bench for real figures"
-        }
+        procs::run_kind(full)
     );
     let Some(wrk_binary) = wrk::find() else {
         return skip_or_fail(full, "wrk");
@@ -118,11 +106,7 @@ fn run(full: bool) -> anyhow::Result<()> {
     if let Some(missing) = plane_missing() {
         return skip_or_fail(full, &missing);
     }
-    procs::sweep_dead_runs(DIR_PREFIX);
-    // Dropped last of the locals, after every process writing into it.
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
-        .tempdir()?;
+    let dir = procs::work_dir(DIR_PREFIX)?;
     describe_machine(&wrk_binary);
     // One thread: the bench's own requests are sequential, and its
     // children are spawned from this (main) thread, which their

@@ -36,7 +36,6 @@ use bench_support::{
     measure::{self, Config},
     procs, report,
     servers::{self, Document},
-    wrk,
 };
 
 use crate::{
@@ -49,64 +48,21 @@ const DIR_PREFIX: &str = "service-relay-bench-";
 const DOCUMENT_BYTES: usize = 1024;
 
 fn main() -> ExitCode {
-    let full = std::env::args().skip(1).any(|arg| arg == "--bench");
-    match run(full) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("service_relay bench: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    procs::bench_main("service_relay", run)
 }
 
 fn run(full: bool) -> anyhow::Result<()> {
     let started = Instant::now();
-    procs::handle_interrupts();
     procs::raise_nofile()?;
-    let params = if full {
-        measure::Params {
-            settings: wrk::Settings {
-                threads: 1,
-                connections: 32,
-                seconds: 5,
-                timeout_seconds: 5,
-            },
-            rounds: 5,
-            warmup_seconds: 1,
-        }
-    } else {
-        measure::Params {
-            settings: wrk::Settings {
-                threads: 1,
-                connections: 8,
-                seconds: 1,
-                timeout_seconds: 5,
-            },
-            rounds: 1,
-            warmup_seconds: 0,
-        }
-    };
+    let params = measure::Params::wrk(full, 5);
     println!(
         "# agent service-relay --role exit vs nginx reverse proxy, 1 KiB static file ({})",
-        if full {
-            "full run"
-        } else {
-            "smoke run: pass --bench for real figures"
-        }
+        procs::run_kind(full)
     );
-    let (Some(wrk_binary), Some(nginx)) = (wrk::find(), servers::find_nginx()) else {
-        let missing = "wrk and nginx are needed (hack/install-deps.sh --bench)";
-        if full {
-            bail!("{missing}");
-        }
-        println!("  {missing}; skipped");
+    let Some((wrk_binary, nginx)) = servers::wrk_and_nginx(full)? else {
         return Ok(());
     };
-    procs::sweep_dead_runs(DIR_PREFIX);
-    // Dropped last of the locals, after every process writing into it.
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
-        .tempdir()?;
+    let dir = procs::work_dir(DIR_PREFIX)?;
     describe_machine(&wrk_binary, &nginx);
     let doc = Document::new(DOCUMENT_BYTES);
 

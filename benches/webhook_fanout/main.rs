@@ -49,18 +49,12 @@ const BODY_BYTES: usize = 2048;
 const SEQUENTIAL_TIMEOUT: Duration = Duration::from_secs(15);
 
 fn main() -> ExitCode {
-    let full = std::env::args().skip(1).any(|arg| arg == "--bench");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    match runtime.block_on(run(full)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("webhook_fanout bench: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    procs::bench_main("webhook_fanout", |full| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(run(full))
+    })
 }
 
 struct Fanout {
@@ -169,19 +163,11 @@ fn ms(d: Option<Duration>) -> String {
 }
 
 async fn run(full: bool) -> anyhow::Result<()> {
-    procs::handle_interrupts();
-    procs::sweep_dead_runs(DIR_PREFIX);
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
-        .tempdir()?;
+    let dir = procs::work_dir(DIR_PREFIX)?;
     let (count, hang_count) = if full { (5000, 500) } else { (200, 50) };
     println!(
         "# agent webhook-fanout, {BACKENDS} backends on loopback, {BODY_BYTES} B signed deliveries from {SENDERS} senders ({})",
-        if full {
-            "full run"
-        } else {
-            "smoke run: pass --bench for real figures"
-        }
+        procs::run_kind(full)
     );
     println!(
         "  {} CPUs; queue on {}",

@@ -1,7 +1,8 @@
 //! What the benchmarks (`benches/<name>/main.rs`) share:
 //!
-//! - [`procs`]: the processes a bench starts, killed however it ends, and
-//!   what it reads about them from /proc;
+//! - [`procs`]: a bench's `main` (full or smoke run) and work directory,
+//!   the processes it starts, killed however it ends, and what it reads
+//!   about them from /proc;
 //! - [`report`]: aligned tables and the few statistics the reports need;
 //! - [`wrk`]: one wrk run, its figures read back as JSON;
 //! - [`servers`]: nginx as an upstream, a reverse proxy or a cache, and a

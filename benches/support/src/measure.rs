@@ -33,6 +33,29 @@ pub struct Params {
     pub warmup_seconds: u32,
 }
 
+impl Params {
+    /// The load of the wrk benches: one thread and 32 connections, `rounds`
+    /// rounds of 5 s after 1 s of warm-up; a smoke run, 8 connections for
+    /// one round of 1 s.
+    pub fn wrk(full: bool, rounds: usize) -> Self {
+        let (connections, seconds, rounds, warmup_seconds) = if full {
+            (32, 5, rounds, 1)
+        } else {
+            (8, 1, 1, 0)
+        };
+        Self {
+            settings: Settings {
+                threads: 1,
+                connections,
+                seconds,
+                timeout_seconds: 5,
+            },
+            rounds,
+            warmup_seconds,
+        }
+    }
+}
+
 /// One run of one configuration.
 pub struct Sample {
     pub report: wrk::Report,

@@ -13,7 +13,7 @@ use std::{
     net::{Ipv4Addr, TcpListener},
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio},
+    process::{Child, ChildStdin, ChildStdout, Command, ExitCode, ExitStatus, Stdio},
     sync::{
         Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
@@ -453,9 +453,44 @@ pub fn agent_listener_addrs(
     Ok((addr.expect("waited for"), admin.expect("waited for")))
 }
 
+/// A bench's `main`: `cargo bench` passes `--bench` and gets the full run;
+/// without it (`cargo test --all-targets` runs every target) the bench makes
+/// a short smoke run of the same steps. Interrupts kill what the bench
+/// started; an error is printed as `NAME bench: …` and fails the run.
+pub fn bench_main(name: &str, run: impl FnOnce(bool) -> anyhow::Result<()>) -> ExitCode {
+    let full = std::env::args().skip(1).any(|arg| arg == "--bench");
+    handle_interrupts();
+    match run(full) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{name} bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What a bench's title says of the run.
+pub fn run_kind(full: bool) -> &'static str {
+    if full {
+        "full run"
+    } else {
+        "smoke run: pass --bench for real figures"
+    }
+}
+
+/// A bench's temporary directory, `<prefix><pid>-<random>`, once those of
+/// killed runs are gone. Keep it the last local to drop, after every
+/// process writing into it.
+pub fn work_dir(prefix: &str) -> anyhow::Result<tempfile::TempDir> {
+    sweep_dead_runs(prefix);
+    Ok(tempfile::Builder::new()
+        .prefix(&format!("{prefix}{}-", std::process::id()))
+        .tempdir()?)
+}
+
 /// Removes temporary directories named `<prefix><pid>-…` whose process is
 /// gone: what a bench that was killed left behind.
-pub fn sweep_dead_runs(prefix: &str) {
+fn sweep_dead_runs(prefix: &str) {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return;
     };

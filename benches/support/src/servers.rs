@@ -164,6 +164,21 @@ pub fn pid_namespace() -> Option<&'static Path> {
 }
 
 /// The nginx binary, if installed.
+/// wrk and nginx, which the wrk benches need. Without them the smoke run
+/// (part of `cargo test --all-targets`) passes with a note (`None`); the full
+/// run fails.
+pub fn wrk_and_nginx(full: bool) -> anyhow::Result<Option<(PathBuf, PathBuf)>> {
+    if let (Some(wrk), Some(nginx)) = (crate::wrk::find(), find_nginx()) {
+        return Ok(Some((wrk, nginx)));
+    }
+    let missing = "wrk and nginx are needed (hack/install-deps.sh --bench)";
+    if full {
+        anyhow::bail!("{missing}");
+    }
+    println!("  {missing}; skipped");
+    Ok(None)
+}
+
 pub fn find_nginx() -> Option<PathBuf> {
     procs::which("nginx").or_else(|| {
         let sbin = PathBuf::from("/usr/sbin/nginx");
