@@ -32,8 +32,7 @@ use std::{process::ExitCode, time::Instant};
 use anyhow::{Context as _, anyhow, bail};
 use bench_support::{
     measure::{self, Config, Row},
-    procs,
-    report::{self, Table},
+    procs, report,
     servers::{self, Document},
 };
 
@@ -178,20 +177,7 @@ fn run(full: bool) -> anyhow::Result<()> {
 fn summary(rows: &[Row]) {
     report::heading("summary");
     let find = |name: &str| rows.iter().find(|row| row.name == name);
-    let direct = find(DIRECT).and_then(Row::requests_per_second);
-    let mut table = Table::new(&["config", "req/s", "x direct", "p99", "CPU/req", "check"]);
-    for row in rows {
-        let rps = row.requests_per_second();
-        table.row(vec![
-            row.name.to_owned(),
-            report::or_dash(rps.map(|r| format!("{r:.0}"))),
-            report::or_dash(rps.zip(direct).map(|(r, d)| format!("{:.2}x", r / d))),
-            report::or_dash(row.p99_us().map(measure::micros)),
-            report::or_dash(row.proxy_us_per_request().map(|us| format!("{us:.1} µs"))),
-            if row.clean() { "ok" } else { "FAILED" }.to_owned(),
-        ]);
-    }
-    table.print();
+    measure::summary_table(rows, DIRECT);
     println!();
     println!("  target (printed, not asserted):");
     let nginx = find(NGINX).and_then(Row::requests_per_second);

@@ -4,7 +4,7 @@
 
 use bench_support::{
     measure::{self, Row},
-    report::{self, Table},
+    report,
 };
 
 /// The rows' names, as the bench gives them.
@@ -16,20 +16,7 @@ pub const RELAY_ONE: &str = "exit relay (1 worker)";
 pub fn print(rows: &[Row]) {
     report::heading("summary");
     let find = |name: &str| rows.iter().find(|row| row.name == name);
-    let direct = find(DIRECT).and_then(Row::requests_per_second);
-    let mut table = Table::new(&["config", "req/s", "x direct", "p99", "CPU/req", "check"]);
-    for row in rows {
-        let rps = row.requests_per_second();
-        table.row(vec![
-            row.name.to_owned(),
-            report::or_dash(rps.map(|r| format!("{r:.0}"))),
-            report::or_dash(rps.zip(direct).map(|(r, d)| format!("{:.2}x", r / d))),
-            report::or_dash(row.p99_us().map(measure::micros)),
-            report::or_dash(row.proxy_us_per_request().map(|us| format!("{us:.1} µs"))),
-            if row.clean() { "ok" } else { "FAILED" }.to_owned(),
-        ]);
-    }
-    table.print();
+    measure::summary_table(rows, DIRECT);
 
     println!();
     println!("  targets (printed, not asserted):");

@@ -334,6 +334,28 @@ pub fn print(rows: &[Row]) {
 }
 
 /// Microseconds below 10 ms, milliseconds above.
+/// The summary's table: every configuration in one line, requests per
+/// second also as a multiple of the row named `direct`.
+pub fn summary_table(rows: &[Row], direct: &str) {
+    let direct = rows
+        .iter()
+        .find(|row| row.name == direct)
+        .and_then(Row::requests_per_second);
+    let mut table = Table::new(&["config", "req/s", "x direct", "p99", "CPU/req", "check"]);
+    for row in rows {
+        let rps = row.requests_per_second();
+        table.row(vec![
+            row.name.to_owned(),
+            report::or_dash(rps.map(|r| format!("{r:.0}"))),
+            report::or_dash(rps.zip(direct).map(|(r, d)| format!("{:.2}x", r / d))),
+            report::or_dash(row.p99_us().map(micros)),
+            report::or_dash(row.proxy_us_per_request().map(|us| format!("{us:.1} µs"))),
+            if row.clean() { "ok" } else { "FAILED" }.to_owned(),
+        ]);
+    }
+    table.print();
+}
+
 pub fn micros(us: f64) -> String {
     if us < 10_000.0 {
         format!("{us:.0} µs")
